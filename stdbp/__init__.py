@@ -1,0 +1,18 @@
+"""stdbp: deep spiking neural networks trained by exact spike-time backpropagation (STDBP).
+
+Implements Zhang et al., "Spike-Timing-Dependent Back Propagation in Deep Spiking Neural
+Networks": ReL-PSP neurons, latency coding and exact gradients of first-spike times.
+"""
+
+import logging
+
+from . import functional
+from .encoding import latency_encode
+from .errors import StdbpError
+from .layers import SpikingLinear
+from .models import SpikingNetwork, build, parse_arch
+
+__version__ = "0.1.0"
+__all__ = ["functional", "latency_encode", "build", "parse_arch", "SpikingNetwork", "SpikingLinear", "StdbpError", "__version__"]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,171 @@
+"""The ``stdbp`` command: ``stdbp train``, ``stdbp eval``, ``stdbp download``.
+
+User errors (bad files, bad options, bad architectures) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import StdbpError
+
+EXIT_USAGE = 2
+
+
+def _config_file(path: str) -> dict:
+    """Read a TOML or JSON file of training options (keys as in ``config.json``)."""
+    import tomllib
+
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise StdbpError(f"cannot read --config {file}: {exc.strerror}") from None
+    try:
+        return json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise StdbpError(f"--config {file} does not parse: {exc}") from None
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a spiking network", description="Train a spiking network with exact spike-time gradients.")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--arch", help=f"architecture in the paper's notation (default {d.arch})")
+    g.add_argument("--dataset", help=f"mnist or fashion-mnist (default {d.dataset})")
+    g.add_argument("--data-dir", help="directory with the four IDX files (overrides the dataset's location)")
+    g.add_argument("--threshold", type=float, help=f"firing threshold (default {d.threshold})")
+    g.add_argument("--t-max", type=float, help=f"latency-coding window in time units (default {d.t_max})")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs})")
+    g.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
+    g.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
+    g.add_argument("--schedule", choices=["cosine", "constant"], help=f"learning-rate schedule (default {d.schedule})")
+    g.add_argument("--tau", type=float, help=f"softmax time scale of the loss (default {d.tau})")
+    g.add_argument("--jitter", type=float, help=f"std of Gaussian noise on input spike times (default {d.jitter})")
+    g.add_argument("--shift", type=int, help=f"random image shifts of up to this many pixels (default {d.shift})")
+    g.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    g.add_argument("--train-limit", type=int, help="train on the first N training images only")
+    g = p.add_argument_group("run directory")
+    g.add_argument("--out", help="run directory (default runs/DATASET-ARCH-seedSEED)")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    g.add_argument("--force", action="store_true", help="overwrite a run directory that holds a run")
+    g.add_argument("--checkpoint-every", type=int, help=f"steps between periodic checkpoints (default {d.checkpoint_every})")
+    g.add_argument("--config", help="TOML or JSON file of options; command-line flags override it")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, TrainingInterrupted, resume_config, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.resume:
+        base = dataclasses.asdict(resume_config(args.resume))
+        unknown = set(given) - {"epochs"}
+        if unknown:
+            raise StdbpError(f"--resume continues the saved configuration; only --epochs may change, not {', '.join(sorted(unknown))}")
+        out = Path(args.resume)
+    else:
+        base = _config_file(args.config) if args.config else {}
+        bad = set(base) - fields
+        if bad:
+            raise StdbpError(f"--config {args.config} has unknown keys {', '.join(sorted(bad))}")
+        base = {**dataclasses.asdict(TrainConfig()), **base}
+    config = TrainConfig(**{**base, **given})
+    config.validate()
+    if not args.resume:
+        out = Path(args.out or f"runs/{config.dataset}-{config.arch}-seed{config.seed}")
+    start = time.perf_counter()
+    try:
+        last = train(config, out, resume=bool(args.resume), force=args.force, progress=not args.no_progress and sys.stderr.isatty())
+    except TrainingInterrupted as exc:
+        print(f"stdbp: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    print(f"test accuracy {100 * last['test_accuracy']:.2f}% after {last['epoch']} epochs ({time.perf_counter() - start:.0f} s); run in {out}")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="test accuracy of a checkpoint", description="Evaluate a checkpoint on a test set.")
+    p.add_argument("checkpoint", help="a .pt file written by stdbp train (model.pt or checkpoint.pt)")
+    p.add_argument("--dataset", help="dataset (default: the one it was trained on)")
+    p.add_argument("--data-dir", help="directory with the four IDX files")
+    p.add_argument("--arch", help="fail unless the checkpoint has this architecture")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, load_model
+    from .data import load_dataset
+    from .train import evaluate
+
+    payload = load_checkpoint(args.checkpoint)
+    trained = payload.get("config", {})
+    dataset = args.dataset or trained.get("dataset", "mnist")
+    model = load_model(args.checkpoint, arch=args.arch)
+    model.eval()
+    test = load_dataset(dataset, args.data_dir, splits=("test",))["test"]
+    model._flatten_input(test.images[:1].unsqueeze(1).float())
+    result = evaluate(model, test, t_max=trained.get("t_max", 1.0), progress=not args.json and sys.stderr.isatty())
+    report = {"accuracy": result["accuracy"], "dataset": dataset, "arch": model.arch, "n": result["n"], "silent": result["silent"], "checkpoint": str(args.checkpoint)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{model.arch} on {dataset}: test accuracy {100 * result['accuracy']:.2f}% ({result['correct']}/{result['n']}, {result['silent']} undecided)")
+    return 0
+
+
+def _add_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="download a dataset with checksums", description="Download MNIST or Fashion-MNIST IDX files, verifying checksums.")
+    p.add_argument("dataset", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--out", required=True, help="directory to write the files to")
+    p.set_defaults(func=_cmd_download)
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .data import download
+
+    path = download(args.dataset, args.out)
+    print(f"{args.dataset} in {path}; use it with --data-dir {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stdbp", description="Deep spiking networks trained by exact spike-time backpropagation.")
+    parser.add_argument("--version", action="version", version=f"stdbp {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_eval(sub)
+    _add_download(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except StdbpError as exc:
+        print(f"stdbp: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("stdbp: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

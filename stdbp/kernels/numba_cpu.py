@@ -1,0 +1,203 @@
+"""Event-driven ReL-PSP kernel for the CPU, compiled with numba.
+
+Per sample, and in parallel over the batch, the forward pass scans only the inputs that spike,
+in time order. Each neuron keeps its potential ``v`` at the current input time and its slope
+``s`` (the sum of causal weights); between two input times the potential is linear, so a neuron
+fires in ``(t_k, t_next]`` when ``threshold - v <= s * (t_next - t_k)``, at
+``t_k + (threshold - v) / s``. The scan stops as soon as every neuron has fired.
+
+The backward pass reuses what the forward pass recorded: the time-sorted spiking inputs, and
+for each neuron its causal slope and the length of its causal prefix in that order, so that
+eqs. 14-15 are sums over a prefix with no masks. Weight gradients are reduced over the batch
+in a fixed order (parallel over output neurons), so results are bitwise reproducible.
+
+Arrays are float32 or float64; every constant is cast to the array's type so that numba does
+not silently promote a float32 loop to float64.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .reference import SILENT_HORIZON
+
+
+@njit(cache=True, nogil=True)
+def _sorted_spikes(t_row, order_row, times_row):  # pragma: no cover - compiled
+    """Write the indices and times of the finite entries of ``t_row`` in time order.
+
+    Returns the number of spiking inputs. Short lists use insertion sort; longer ones argsort.
+    """
+    count = 0
+    for i in range(t_row.shape[0]):
+        if t_row[i] < np.inf:
+            order_row[count] = i
+            times_row[count] = t_row[i]
+            count += 1
+    if count <= 32:
+        for a in range(1, count):
+            key_t = times_row[a]
+            key_i = order_row[a]
+            c = a - 1
+            while c >= 0 and times_row[c] > key_t:
+                times_row[c + 1] = times_row[c]
+                order_row[c + 1] = order_row[c]
+                c -= 1
+            times_row[c + 1] = key_t
+            order_row[c + 1] = key_i
+    else:
+        perm = np.argsort(times_row[:count])
+        idx = order_row[:count].copy()
+        tt = times_row[:count].copy()
+        for a in range(count):
+            order_row[a] = idx[perm[a]]
+            times_row[a] = tt[perm[a]]
+    return count
+
+
+@njit(parallel=True, cache=True)
+def relpsp_linear_forward(t_in, weight_t, threshold, t_out, anchor, inv_slope, n_causal, order, times, n_spikes):  # pragma: no cover
+    """Forward scan.
+
+    Args:
+        t_in: ``(B, N_in)`` input times, ``inf`` = silent.
+        weight_t: ``(N_in, N_out)`` transposed weights, C-contiguous (one row per input).
+        threshold: scalar of the same dtype as ``t_in``.
+        t_out: ``(B, N_out)`` output times (written).
+        anchor: ``(B, N_out)`` time the backward uses: ``t_out``, or the surrogate time for a
+            silent neuron (written).
+        inv_slope: ``(B, N_out)`` ``1 / sum_C w``, or 1 for a silent neuron (written).
+        n_causal: ``(B, N_out)`` length of the causal prefix of ``order``, stored in the float
+            dtype of ``t_in`` so that the loops that use it vectorise (written).
+        order: ``(B, N_in)`` int32 spiking input indices in time order (written).
+        times: ``(B, N_in)`` their times, in the same order (written).
+        n_spikes: ``(B,)`` int32 number of spiking inputs (written).
+
+    Each neuron keeps ``s = sum w`` and ``q = sum w t`` over the inputs seen so far; it fires in
+    ``(t_k, t_next]`` when ``threshold + q <= t_next * s`` with ``s > 0``. The hot loop only
+    writes ``s``, ``q`` and the causal length (few enough arrays for LLVM to vectorise it); a
+    second pass over each neuron's causal prefix recovers its ``s`` and ``q`` at firing.
+    """
+    batch, n_in = t_in.shape
+    n_out = weight_t.shape[1]
+    inf = np.full(1, np.inf, dtype=t_in.dtype)[0]
+    horizon = np.full(1, SILENT_HORIZON, dtype=t_in.dtype)[0]
+    one = np.ones(1, dtype=t_in.dtype)[0]
+    zero = np.zeros(1, dtype=t_in.dtype)[0]
+    check_every = 1 if n_out <= 64 else 8
+    for b in prange(batch):
+        count = _sorted_spikes(t_in[b], order[b], times[b])
+        n_spikes[b] = count
+        s = np.zeros(n_out, dtype=t_in.dtype)
+        q = np.zeros(n_out, dtype=t_in.dtype)
+        nc = np.zeros(n_out, dtype=t_in.dtype)  # local: LLVM vectorises loops over local arrays
+        k = 0
+        since_check = 0
+        while k < count:
+            t_k = times[b, k]
+            row = weight_t[order[b, k]]
+            k += 1
+            t_next = times[b, k] if k < count else inf
+            if t_next == t_k:  # a tie: the group is checked once its last input is in
+                for j in range(n_out):
+                    s[j] += row[j]
+                    q[j] += row[j] * t_k
+                continue
+            kf = zero + k
+            for j in range(n_out):
+                sj = s[j] + row[j]
+                qj = q[j] + row[j] * t_k
+                s[j] = sj
+                q[j] = qj
+                nc[j] += kf * ((nc[j] == zero) & (sj > zero) & (threshold + qj <= t_next * sj))
+            since_check += 1
+            if since_check == check_every:
+                since_check = 0
+                silent = 0
+                for j in range(n_out):
+                    silent += nc[j] == zero
+                if silent == 0:
+                    break
+        # s and q at firing: the same sums, in the same order, over each causal prefix.
+        s[:] = zero
+        q[:] = zero
+        for kk in range(k):
+            t_k = times[b, kk]
+            row = weight_t[order[b, kk]]
+            kf = zero + kk
+            for j in range(n_out):
+                m = row[j] * (kf < nc[j])
+                s[j] += m
+                q[j] += m * t_k
+        t_ref = (times[b, count - 1] if count > 0 else zero) + horizon
+        for j in range(n_out):
+            if nc[j] > zero:
+                t_fire = (threshold + q[j]) / s[j]
+                t_out[b, j] = t_fire
+                anchor[b, j] = t_fire
+                inv_slope[b, j] = one / s[j]
+            else:
+                t_out[b, j] = inf
+                anchor[b, j] = t_ref
+                inv_slope[b, j] = one
+                nc[j] = zero + count
+        n_causal[b] = nc
+
+
+@njit(parallel=True, cache=True)
+def relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_blocks, grad_weight_t):  # pragma: no cover
+    """``grad_weight_t[i, j] = sum_b a[b, j] * (t_i - t_j)`` over causal ``i`` (eq. 14).
+
+    ``grad_scaled`` is ``a = dL/dt_out * inv_slope``, ``(B, N_out)``; ``grad_weight_t`` is the
+    transposed gradient ``(N_in, N_out)``, zeroed by the caller. Parallel over ``n_blocks``
+    blocks of output neurons, each summing the batch in order, so the result does not depend on
+    the thread count.
+    """
+    batch = times.shape[0]
+    n_out = grad_weight_t.shape[1]
+    zero = np.zeros(1, dtype=times.dtype)[0]
+    block = (n_out + n_blocks - 1) // n_blocks
+    for blk in prange(n_blocks):
+        lo = blk * block
+        width = min(lo + block, n_out) - lo
+        a = np.empty(width, dtype=times.dtype)
+        t_j = np.empty(width, dtype=times.dtype)
+        nc = np.empty(width, dtype=times.dtype)
+        for b in range(batch):
+            longest = zero
+            for j in range(width):
+                a[j] = grad_scaled[b, lo + j]
+                t_j[j] = anchor[b, lo + j]
+                nc[j] = n_causal[b, lo + j]
+                longest = max(longest, nc[j] if a[j] != zero else zero)
+            for k in range(int(longest)):
+                t_i = times[b, k]
+                kf = zero + k
+                g = grad_weight_t[order[b, k], lo : lo + width]
+                for j in range(width):
+                    g[j] += a[j] * (t_i - t_j[j]) * (kf < nc[j])
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
+def relpsp_linear_backward_input(weight_t, grad_scaled, n_causal, order, n_spikes, grad_in):  # pragma: no cover
+    """``grad_in[b, i] = sum_j a[b, j] * w_ij`` over neurons ``j`` for which ``i`` is causal (eq. 15).
+
+    ``grad_in`` is ``(B, N_in)`` and must be zeroed by the caller. The sum over ``j`` may be
+    reassociated (vectorised), which is deterministic for a given machine and build.
+    """
+    batch = grad_in.shape[0]
+    n_out = weight_t.shape[1]
+    zero = np.zeros(1, dtype=grad_in.dtype)[0]
+    for b in prange(batch):
+        a = grad_scaled[b].copy()
+        nc = n_causal[b].copy()
+        for k in range(n_spikes[b]):
+            i = order[b, k]
+            row = weight_t[i]
+            kf = zero + k
+            acc = zero
+            for j in range(n_out):
+                acc += a[j] * row[j] * (kf < nc[j])
+            grad_in[b, i] = acc

@@ -1,0 +1,275 @@
+"""Training and evaluation of spiking networks on image datasets.
+
+A run directory holds ``config.json`` (the resolved configuration), ``metrics.jsonl`` (one JSON
+object per epoch), ``checkpoint.pt`` (everything needed to resume, written every
+``checkpoint_every`` steps and at the end of each epoch) and, once training has finished,
+``model.pt`` (the network alone). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from . import functional as F
+from .augment import jitter_times, random_shift
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .data import Split, load_dataset
+from .encoding import latency_encode
+from .errors import RunDirError, StdbpError
+from .models import SpikingNetwork, build
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "train", "evaluate", "encode", "resume_config", "TrainingInterrupted"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; written to ``config.json`` in the run directory."""
+
+    arch: str = "784-800-10"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    schedule: str = "cosine"  # or "constant"
+    tau: float = 0.05  # softmax time scale of the loss
+    threshold: float = 1.0
+    t_max: float = 1.0  # latency-coding window
+    jitter: float = 0.02  # std of Gaussian noise on input spike times (time units)
+    shift: int = 1  # random image shifts of up to this many pixels
+    seed: int = 0
+    train_limit: int | None = None  # train on the first N images only (quick runs)
+    eval_batch_size: int = 1000
+    checkpoint_every: int = 200  # steps between periodic checkpoints
+
+    def validate(self) -> None:
+        """Raise :class:`StdbpError` for values out of range."""
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
+            (self.tau > 0, "--tau must be positive"),
+            (self.threshold > 0, "--threshold must be positive"),
+            (self.t_max > 0, "--t-max must be positive"),
+            (self.jitter >= 0, "--jitter must be >= 0"),
+            (self.shift >= 0, "--shift must be >= 0"),
+            (self.train_limit is None or self.train_limit >= 1, "--train-limit must be at least 1"),
+            (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
+            (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
+            (self.schedule in ("cosine", "constant"), "--schedule must be 'cosine' or 'constant'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise StdbpError(message)
+
+
+def resume_config(run_dir: str | Path) -> TrainConfig:
+    """The configuration saved in ``run_dir/checkpoint.pt``."""
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    return TrainConfig(**state["config"])
+
+
+def encode(images: Tensor, t_max: float) -> Tensor:
+    """Latency-code a uint8 image batch ``(B, H, W)`` into input spike times ``(B, 1, H, W)``."""
+    return latency_encode(images, t_max=t_max).unsqueeze(1)
+
+
+@torch.no_grad()
+def evaluate(model: SpikingNetwork, split: Split, t_max: float = 1.0, batch_size: int = 1000, progress: bool = False) -> dict[str, Any]:
+    """Accuracy of first-spike decisions on ``split``: ``{"accuracy", "correct", "n", "silent"}``."""
+    correct = silent = 0
+    batches = range(0, len(split), batch_size)
+    for start in tqdm(batches, desc="eval", leave=False, disable=not progress):
+        t_out = model(encode(split.images[start : start + batch_size], t_max))
+        decision = F.first_spike_decision(t_out)
+        correct += int((decision == split.labels[start : start + batch_size]).sum())
+        silent += int((decision < 0).sum())
+    return {"accuracy": correct / len(split), "correct": correct, "n": len(split), "silent": silent}
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag that the training loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint."""
+
+    def __init__(self, run_dir: Path, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum}; checkpoint saved, continue with: stdbp train --resume {run_dir}")
+        self.signum = signum
+
+
+def _prepare_run_dir(out: Path, force: bool) -> None:
+    if (out / "checkpoint.pt").exists() or (out / "model.pt").exists():
+        if not force:
+            state = "a finished run" if (out / "model.pt").exists() else "an unfinished run"
+            raise RunDirError(f"{out} already holds {state}; use --resume {out} to continue it, --force to overwrite, or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train a network as ``config`` says, in run directory ``out``; return the final metrics row.
+
+    With ``resume``, ``out`` must hold a ``checkpoint.pt``; the run continues from it. Pass the
+    saved configuration (:func:`resume_config`), with ``epochs`` raised to extend the run.
+    """
+    out = Path(out)
+    state: dict[str, Any] | None = None
+    if resume:
+        state = load_checkpoint(out / "checkpoint.pt")
+    else:
+        _prepare_run_dir(out, force)
+    config.validate()
+    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+    data = load_dataset(config.dataset, config.data_dir)
+    train_split, test_split = data["train"], data["test"]
+    if config.train_limit:
+        train_split = Split(train_split.images[: config.train_limit], train_split.labels[: config.train_limit])
+
+    torch.manual_seed(config.seed)
+    model = build(config.arch, threshold=config.threshold)
+    model._flatten_input(encode(train_split.images[:1], config.t_max))  # the data must fit the architecture
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    if config.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    augment_rng = torch.Generator().manual_seed(config.seed + 1)
+    step = 0
+    metrics: list[dict] = []
+    nonfinite_steps = 0
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            scheduler.T_max = total_steps
+        augment_rng.set_state(state["augment_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+        nonfinite_steps = state.get("nonfinite_steps", 0)
+        metrics = [row for row in state.get("metrics", []) if row["epoch"] * steps_per_epoch <= step]
+        echo(f"resuming {out} at epoch {step // steps_per_epoch + 1}, step {step}")
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            out / "checkpoint.pt",
+            model,
+            config=dataclasses.asdict(config),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            augment_rng=augment_rng.get_state(),
+            torch_rng=torch.get_rng_state(),
+            step=step,
+            epoch=step // steps_per_epoch,
+            nonfinite_steps=nonfinite_steps,
+            metrics=metrics,
+        )
+
+    last: dict[str, Any] = metrics[-1] if metrics else {}
+    with _StopRequest() as stop:
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+            start_time = time.perf_counter()
+            loss_sum = correct = seen = 0.0
+            bar = tqdm(total=steps_per_epoch, initial=step % steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+            model.train()
+            while step < (epoch + 1) * steps_per_epoch:
+                batch_index = order[(step % steps_per_epoch) * config.batch_size :][: config.batch_size]
+                images = random_shift(train_split.images[batch_index], config.shift, augment_rng)
+                t_in = jitter_times(encode(images, config.t_max), config.jitter, augment_rng)
+                labels = train_split.labels[batch_index]
+                t_out = model(t_in)
+                loss = F.first_spike_cross_entropy(t_out, labels, tau=config.tau)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+                if math.isfinite(loss.item()) and grads_finite:
+                    optimizer.step()
+                else:
+                    nonfinite_steps += 1
+                scheduler.step()
+                step += 1
+                loss_sum += loss.item() * len(labels)
+                correct += float((F.first_spike_decision(t_out.detach()) == labels).sum())
+                seen += len(labels)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+                if stop.signal is not None:
+                    bar.close()
+                    checkpoint()
+                    raise TrainingInterrupted(out, stop.signal)
+                if step % config.checkpoint_every == 0:
+                    checkpoint()
+            bar.close()
+            model.eval()
+            test = evaluate(model, test_split, config.t_max, config.eval_batch_size)
+            seconds = time.perf_counter() - start_time
+            last = {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": loss_sum / max(seen, 1),
+                "train_accuracy": correct / max(seen, 1),
+                "test_accuracy": test["accuracy"],
+                "test_silent": test["silent"],
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": seconds,
+                "nonfinite_steps": nonfinite_steps,
+            }
+            metrics.append(last)
+            _write_metrics(out / "metrics.jsonl", metrics)
+            checkpoint()
+            echo(
+                f"epoch {epoch + 1}/{config.epochs}  loss {last['train_loss']:.4f}  train {100 * last['train_accuracy']:.2f}%  "
+                f"test {100 * test['accuracy']:.2f}%  {seconds:.1f} s"
+            )
+    save_checkpoint(out / "model.pt", model, config=dataclasses.asdict(config), metrics=metrics)
+    return last
