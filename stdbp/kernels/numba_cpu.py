@@ -1,18 +1,19 @@
 """Event-driven ReL-PSP kernel for the CPU, compiled with numba.
 
 Per sample, and in parallel over the batch, the forward pass scans only the inputs that spike,
-in time order. Each neuron keeps its potential ``v`` at the current input time and its slope
-``s`` (the sum of causal weights); between two input times the potential is linear, so a neuron
-fires in ``(t_k, t_next]`` when ``threshold - v <= s * (t_next - t_k)``, at
-``t_k + (threshold - v) / s``. The scan stops as soon as every neuron has fired.
+in time order. Each neuron accumulates ``s = sum w`` and ``q = sum w t`` over the inputs seen
+so far; between two input times its potential is linear, so it fires in ``(t_k, t_next]`` when
+``s > 0`` and ``threshold + q <= t_next * s``, at ``(threshold + q) / s`` (eq. 12). The scan
+stops as soon as every neuron has fired.
 
 The backward pass reuses what the forward pass recorded: the time-sorted spiking inputs, and
-for each neuron its causal slope and the length of its causal prefix in that order, so that
-eqs. 14-15 are sums over a prefix with no masks. Weight gradients are reduced over the batch
-in a fixed order (parallel over output neurons), so results are bitwise reproducible.
+for each neuron ``1 / s`` and the length of its causal prefix in that order, so that eqs. 14-15
+are sums over a prefix. Weight gradients are reduced over the batch in a fixed order (parallel
+over blocks of output neurons), so results are bitwise reproducible.
 
-Arrays are float32 or float64; every constant is cast to the array's type so that numba does
-not silently promote a float32 loop to float64.
+Arrays are float32 or float64; every constant is cast to the array's type, since a Python
+constant in a float32 loop silently promotes it to float64 and stops LLVM vectorising it.
+Loops write to local arrays or a single row, for the same reason (alias checks).
 """
 
 from __future__ import annotations
