@@ -72,8 +72,24 @@ def relpsp_linear(t_in: Tensor, weight: Tensor, threshold: float = 1.0, backend:
     return relpsp_linear_kernel(t_in, weight, float(threshold), backend)
 
 
+class _FillSilent(torch.autograd.Function):
+    """``+inf`` entries replaced by ``fill`` in the forward pass; the gradient passes to every entry.
+
+    Passing the gradient of a silent output to it (rather than to the constant) is what lets the
+    kernel's silent-neuron surrogate push a silent target neuron to fire.
+    """
+
+    @staticmethod
+    def forward(ctx, t_out: Tensor, fill: Tensor) -> Tensor:  # type: ignore[override]
+        return torch.where(torch.isinf(t_out), fill, t_out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return grad, None
+
+
 def _finite_output_times(t_out: Tensor, silent_time: float | None, tau: float) -> Tensor:
-    """Replace ``+inf`` (silent) output times by a finite time that carries no gradient."""
+    """Replace ``+inf`` (silent) output times by a finite time."""
     silent = torch.isinf(t_out)
     if not bool(silent.any()):
         return t_out
@@ -83,7 +99,7 @@ def _finite_output_times(t_out: Tensor, silent_time: float | None, tau: float) -
         fill = latest + 5.0 * tau
     else:
         fill = t_out.new_tensor(float(silent_time))
-    return torch.where(silent, fill.to(t_out.dtype).expand_as(t_out), t_out)
+    return _FillSilent.apply(t_out, fill.to(t_out.dtype).detach())
 
 
 def first_spike_cross_entropy(

@@ -1,0 +1,183 @@
+"""relpsp_linear: the numba scan against the reference, a float64 brute force and finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stdbp import functional as F
+from stdbp.kernels import SILENT_HORIZON, relpsp_linear_reference
+
+from .oracles import random_case, relpsp_brute_force
+
+BACKENDS = ["numba", "reference"]
+
+
+def _assert_times_close(actual: torch.Tensor, expected: np.ndarray, rtol: float) -> None:
+    actual = actual.detach().double().numpy()
+    assert np.array_equal(np.isinf(actual), np.isinf(expected)), "different neurons are silent"
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(actual[finite], expected[finite], rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(8))
+def test_forward_matches_brute_force_float64(backend: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    t, w = random_case(rng, batch=7, n_in=30, n_out=9)
+    threshold = float(rng.uniform(0.3, 2.0))
+    out = F.relpsp_linear(t, w, threshold, backend=backend)
+    expected = relpsp_brute_force(t.numpy(), w.numpy(), threshold)
+    assert np.isinf(expected).any() and np.isfinite(expected).any()  # the case has both kinds
+    _assert_times_close(out, expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_forward_float32_matches_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    t, w = random_case(rng, batch=8, n_in=40, n_out=12, dtype=torch.float32, ties=True)
+    out = F.relpsp_linear(t, w, 1.0, backend="numba")
+    assert out.dtype == torch.float32
+    expected = relpsp_brute_force(t.numpy(), w.numpy(), 1.0)
+    # float32 may flip a neuron whose crossing lands within rounding of an input time; compare the rest
+    both = np.isfinite(expected) & np.isfinite(out.numpy())
+    assert both.mean() > 0.5
+    np.testing.assert_allclose(out.numpy()[both], expected[both], rtol=2e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(5))
+def test_numba_matches_reference_forward_and_gradients(dtype: torch.dtype, seed: int) -> None:
+    rng = np.random.default_rng(200 + seed)
+    t, w = random_case(rng, batch=9, n_in=50, n_out=20, dtype=dtype)
+    grad_out = torch.tensor(rng.normal(size=(9, 20)), dtype=dtype)
+    results = []
+    for backend in BACKENDS:
+        ti, wi = t.clone().requires_grad_(), w.clone().requires_grad_()
+        out = F.relpsp_linear(ti, wi, 0.8, backend=backend)
+        # silent outputs get a finite upstream gradient too, exercising the surrogate
+        out.backward(grad_out)
+        results.append((out.detach(), ti.grad, wi.grad))
+    (o1, gt1, gw1), (o2, gt2, gw2) = results
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    assert torch.equal(torch.isinf(o1), torch.isinf(o2))
+    torch.testing.assert_close(o1[torch.isfinite(o1)], o2[torch.isfinite(o2)], **tol)
+    torch.testing.assert_close(gw1, gw2, **tol)
+    torch.testing.assert_close(gt1, gt2, **tol)
+    for g in (gt1, gw1):
+        assert torch.isfinite(g).all()
+
+
+def _gradcheck_case(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct, well-separated times so the causal sets do not change under perturbation."""
+    rng = np.random.default_rng(seed)
+    while True:
+        t, w = random_case(rng, batch=3, n_in=10, n_out=4, ties=False, p_silent=0.2, weight_mean=0.4)
+        t[-1, :3] = torch.tensor([0.1, 0.5, 0.9], dtype=t.dtype)  # no silent sample here
+        out = relpsp_brute_force(t.numpy(), w.numpy(), 1.0)
+        finite_in = t[torch.isfinite(t)].numpy()
+        gaps = np.abs(out[np.isfinite(out)][:, None] - finite_in[None, :])
+        if np.isfinite(out).all() and gaps.min() > 1e-3:
+            return t, w
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(4))
+def test_gradcheck(backend: str, seed: int) -> None:
+    t, w = _gradcheck_case(seed)
+    finite = torch.isfinite(t)
+
+    def f(t_finite: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        full = torch.full_like(t, float("inf")).masked_scatter(finite, t_finite)
+        return F.relpsp_linear(full, weight, 1.0, backend=backend)
+
+    t_finite = t[finite].clone().requires_grad_()
+    assert torch.autograd.gradcheck(f, (t_finite, w.clone().requires_grad_()), eps=1e-6, atol=1e-6)
+
+
+def test_gradients_match_eqs_14_15_by_hand() -> None:
+    t = torch.tensor([[0.0, 0.5, 3.0]], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([[1.0, 2.0, 5.0]], dtype=torch.float64, requires_grad=True)
+    out = F.relpsp_linear(t, w, 1.0)
+    # V = (t - 0) + 2 (t - 0.5) crosses 1 at t = 2/3 < 3: causal set {0, 1}, sum w = 3
+    assert out.item() == pytest.approx((1.0 + 0.0 + 1.0) / 3.0)
+    out.backward()
+    t_j = 2.0 / 3.0
+    assert w.grad.tolist()[0] == pytest.approx([(0.0 - t_j) / 3, (0.5 - t_j) / 3, 0.0])
+    assert t.grad.tolist()[0] == pytest.approx([1.0 / 3, 2.0 / 3, 0.0])
+
+
+def test_ties_enter_together() -> None:
+    # Two inputs at t=1: weights +3 and -3 cancel; alone, the +3 input would fire at 1 + 1/3.
+    t = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64)
+    w = torch.tensor([[3.0, -3.0, 0.5]], dtype=torch.float64)
+    for backend in BACKENDS:
+        assert F.relpsp_linear(t, w, 1.0, backend=backend).item() == pytest.approx(2.0)
+
+
+def test_silent_neurons_and_samples() -> None:
+    t = torch.tensor([[0.2, 0.4], [float("inf"), float("inf")]], dtype=torch.float64)
+    w = torch.tensor([[-1.0, -1.0], [1.0, 1.0]], dtype=torch.float64)
+    out = F.relpsp_linear(t, w)
+    assert torch.isinf(out[0, 0]) and torch.isfinite(out[0, 1])
+    assert torch.isinf(out[1]).all()
+
+
+def test_silent_target_gets_push_to_fire() -> None:
+    """A silent output neuron's gradient raises its weights from earlier inputs more (the surrogate)."""
+    t = torch.tensor([[0.1, 0.6]], dtype=torch.float64)
+    for backend in BACKENDS:
+        w = torch.tensor([[-0.5, -0.2]], dtype=torch.float64, requires_grad=True)
+        out = F.relpsp_linear(t, w, 1.0, backend=backend)
+        assert torch.isinf(out).all()
+        out.backward(torch.tensor([[1.0]], dtype=torch.float64))  # dL/dt > 0: the loss wants it earlier
+        t_ref = 0.6 + SILENT_HORIZON
+        # negative gradients: descent raises both weights, the earlier input's more
+        assert w.grad.tolist()[0] == pytest.approx([-(t_ref - 0.1), -(t_ref - 0.6)])
+
+
+def test_no_nan_in_gradients_under_degenerate_inputs() -> None:
+    rng = np.random.default_rng(7)
+    cases = [
+        (torch.full((3, 5), float("inf"), dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)),
+        (torch.zeros(3, 5, dtype=torch.float64), torch.zeros(4, 5, dtype=torch.float64)),  # zero weight sums
+        (torch.zeros(3, 5, dtype=torch.float64), -torch.ones(4, 5, dtype=torch.float64)),  # negative sums
+        (torch.tensor(rng.uniform(0, 1e6, (3, 5))), torch.tensor(rng.normal(0, 1e-6, (4, 5)))),
+    ]
+    for t, w in cases:
+        for backend in BACKENDS:
+            ti, wi = t.clone().requires_grad_(), w.clone().requires_grad_()
+            out = F.relpsp_linear(ti, wi, 1.0, backend=backend)
+            loss = F.first_spike_cross_entropy(out, torch.zeros(3, dtype=torch.long), tau=0.05)
+            loss.backward()
+            assert torch.isfinite(loss)
+            assert torch.isfinite(ti.grad).all() and torch.isfinite(wi.grad).all()
+
+
+def test_reference_function_is_the_reference() -> None:
+    rng = np.random.default_rng(3)
+    t, w = random_case(rng)
+    torch.testing.assert_close(F.relpsp_linear(t, w, backend="reference"), relpsp_linear_reference(t, w, 1.0))
+
+
+@pytest.mark.parametrize(
+    "t, w, message",
+    [
+        (torch.tensor([[float("nan"), 0.0]]), torch.ones(2, 2), "NaN"),
+        (torch.tensor([[-0.5, 0.0]]), torch.ones(2, 2), "negative"),
+        (torch.zeros(2, 3), torch.ones(2, 2), "shape mismatch"),
+        (torch.zeros(3), torch.ones(2, 3), "expects"),
+        (torch.zeros(2, 2), torch.ones(2, 2, dtype=torch.float64), "float32"),
+    ],
+)
+def test_bad_input_raises_value_error(t: torch.Tensor, w: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        F.relpsp_linear(t, w)
+
+
+def test_bad_threshold_and_backend() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        F.relpsp_linear(torch.zeros(1, 2), torch.ones(1, 2), threshold=0.0)
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        F.relpsp_linear(torch.zeros(1, 2), torch.ones(1, 2), backend="cuda-magic")
