@@ -9,10 +9,21 @@ import logging
 from . import functional
 from .encoding import latency_encode
 from .errors import StdbpError
-from .layers import SpikingLinear
+from .layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
 from .models import SpikingNetwork, build, parse_arch
 
 __version__ = "0.1.0"
-__all__ = ["functional", "latency_encode", "build", "parse_arch", "SpikingNetwork", "SpikingLinear", "StdbpError", "__version__"]
+__all__ = [
+    "functional",
+    "latency_encode",
+    "build",
+    "parse_arch",
+    "SpikingNetwork",
+    "SpikingLinear",
+    "SpikingConv2d",
+    "EarliestSpikePool2d",
+    "StdbpError",
+    "__version__",
+]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels import relpsp_linear_kernel
+from .kernels import relpsp_conv2d_kernel, relpsp_linear_kernel
 
 __all__ = [
     "relpsp_linear",
+    "relpsp_conv2d",
+    "earliest_spike_pool2d",
     "first_spike_cross_entropy",
     "first_spike_decision",
     "check_spike_times",
@@ -70,6 +72,99 @@ def relpsp_linear(t_in: Tensor, weight: Tensor, threshold: float = 1.0, backend:
         raise ValueError(f"threshold must be a positive finite number, got {threshold}")
     check_spike_times(t_in)
     return relpsp_linear_kernel(t_in, weight, float(threshold), backend)
+
+
+def _pair(value: int | tuple[int, int], name: str, minimum: int) -> tuple[int, int]:
+    """``value`` as an ``(H, W)`` pair of ints ``>= minimum``, as the ``int or tuple`` arguments of ``conv2d``."""
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in pair):
+        raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def relpsp_conv2d(
+    t_in: Tensor,
+    weight: Tensor,
+    threshold: float = 1.0,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    backend: str | None = None,
+) -> Tensor:
+    """First-spike times of a convolutional layer of ReL-PSP neurons (eq. 12), differentiable by eqs. 14-15.
+
+    Each output position ``(c_out, y, x)`` is a ReL-PSP neuron whose inputs are its receptive
+    field ``t_in[:, :, y*sH - pH : y*sH - pH + kH, x*sW - pW : x*sW - pW + kW]`` with the weights
+    ``weight[c_out]``, exactly as :func:`torch.nn.functional.conv2d` places them (no bias, no
+    dilation, no groups). Padding positions never spike.
+
+    Args:
+        t_in: ``(B, C_in, H, W)`` input spike times, ``+inf`` for no spike. float32 or float64.
+        weight: ``(C_out, C_in, kH, kW)`` synaptic weights, same dtype as ``t_in``.
+        threshold: firing threshold :math:`\\vartheta > 0`.
+        stride: step between receptive fields, in input pixels: an int or ``(sH, sW)``.
+        padding: silent rows/columns added on each side: an int or ``(pH, pW)``.
+        backend: kernel to use (``"numba"``, ``"reference"``); default by device.
+
+    Returns:
+        ``(B, C_out, H_out, W_out)`` output spike times, ``H_out = (H + 2 pH - kH) // sH + 1``
+        (likewise ``W_out``), ``+inf`` where a neuron never reaches threshold.
+
+    Gradients are always finite. A silent neuron that receives a gradient passes it on through
+    the surrogate of :func:`relpsp_linear`, with ``t_ref`` the latest input spike *of its
+    receptive field* plus ``stdbp.kernels.SILENT_HORIZON``.
+    """
+    if t_in.dim() != 4 or weight.dim() != 4:
+        raise ValueError(
+            f"relpsp_conv2d expects t_in (batch, channels, height, width) and weight "
+            f"(out_channels, in_channels, kH, kW), got shapes {tuple(t_in.shape)} and {tuple(weight.shape)}"
+        )
+    if t_in.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"shape mismatch: t_in has {t_in.shape[1]} channels but weight expects {weight.shape[1]} "
+            f"(weight is (out_channels, in_channels, kH, kW) = {tuple(weight.shape)})"
+        )
+    if t_in.dtype not in (torch.float32, torch.float64) or weight.dtype != t_in.dtype:
+        raise ValueError(f"t_in and weight must both be float32 or both float64, got {t_in.dtype} and {weight.dtype}")
+    if not (threshold > 0 and threshold < float("inf")):
+        raise ValueError(f"threshold must be a positive finite number, got {threshold}")
+    stride_hw = _pair(stride, "stride", 1)
+    padding_hw = _pair(padding, "padding", 0)
+    for axis, size, kernel, pad in zip(("height", "width"), t_in.shape[2:], weight.shape[2:], padding_hw):
+        if kernel < 1 or size + 2 * pad < kernel:
+            raise ValueError(f"kernel {kernel} does not fit the input {axis} {size} with padding {pad}")
+    check_spike_times(t_in)
+    return relpsp_conv2d_kernel(t_in, weight, float(threshold), stride_hw, padding_hw, backend)
+
+
+def earliest_spike_pool2d(
+    t_in: Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+) -> Tensor:
+    """Earliest-spike pooling: the first spike time in each window, ``-max_pool2d(-t_in)``.
+
+    Args:
+        t_in: ``(B, C, H, W)`` spike times, ``+inf`` for no spike.
+        kernel_size: window size, an int or ``(kH, kW)``.
+        stride: step between windows; default ``kernel_size``. Windows that do not fit are
+            dropped, as in :func:`torch.nn.functional.max_pool2d` (no ceil mode, no padding).
+
+    Returns:
+        ``(B, C, H_out, W_out)`` spike times, ``+inf`` for a window without spikes.
+
+    The gradient goes to the earliest input of each window (one of them, on ties, as
+    ``max_pool2d`` chooses); a window without spikes passes no gradient.
+    """
+    if t_in.dim() != 4:
+        raise ValueError(f"earliest_spike_pool2d expects t_in (batch, channels, height, width), got shape {tuple(t_in.shape)}")
+    kernel_hw = _pair(kernel_size, "kernel_size", 1)
+    stride_hw = kernel_hw if stride is None else _pair(stride, "stride", 1)
+    for axis, size, kernel in zip(("height", "width"), t_in.shape[2:], kernel_hw):
+        if size < kernel:
+            raise ValueError(f"pooling window {kernel} does not fit the input {axis} {size}")
+    check_spike_times(t_in)
+    t_out = -F.max_pool2d(-t_in, kernel_hw, stride_hw)
+    return torch.where(torch.isinf(t_out), t_out.detach(), t_out)
 
 
 class _FillSilent(torch.autograd.Function):

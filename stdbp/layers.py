@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from . import functional as F
 
-__all__ = ["SpikingLinear"]
+__all__ = ["SpikingLinear", "SpikingConv2d", "EarliestSpikePool2d"]
 
 
 class SpikingLinear(nn.Module):
@@ -36,7 +36,9 @@ class SpikingLinear(nn.Module):
         self.weight_mean = weight_mean
         self.weight_std = weight_std
         self.backend = backend
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        # (out, in) as in nn.Linear, stored transposed in memory: the scan reads one input's
+        # row of weights over all neurons, so no copy is needed at each step.
+        self.weight = nn.Parameter(torch.empty(in_features, out_features).t())
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -48,3 +50,66 @@ class SpikingLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, threshold={self.threshold}"
+
+
+class SpikingConv2d(nn.Module):
+    """A convolutional layer of ReL-PSP neurons: ``(B, in_channels, H, W)`` -> ``(B, out_channels, H_out, W_out)`` spike times.
+
+    Shapes and arguments follow :class:`torch.nn.Conv2d` (no bias, dilation or groups). Weights
+    are initialised as in :class:`SpikingLinear` with the fan-in ``in_channels * kH * kW``:
+    ``mean = weight_mean / fan_in``, ``std = weight_std / sqrt(fan_in)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        threshold: float = 1.0,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        weight_mean: float = 5.0,
+        weight_std: float = 1.0,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.threshold = threshold
+        self.stride = stride
+        self.padding = padding
+        self.weight_mean = weight_mean
+        self.weight_std = weight_std
+        self.backend = backend
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        with torch.no_grad():
+            self.weight.normal_(self.weight_mean / fan_in, self.weight_std / math.sqrt(fan_in))
+
+    def forward(self, t_in: Tensor) -> Tensor:
+        return F.relpsp_conv2d(t_in, self.weight, self.threshold, self.stride, self.padding, self.backend)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, threshold={self.threshold}"
+        )
+
+
+class EarliestSpikePool2d(nn.Module):
+    """Earliest-spike pooling, :func:`stdbp.functional.earliest_spike_pool2d`: ``(B, C, H, W)`` -> ``(B, C, H // k, W // k)`` for the default stride."""
+
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+
+    def forward(self, t_in: Tensor) -> Tensor:
+        return F.earliest_spike_pool2d(t_in, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"

@@ -1,8 +1,9 @@
 """Spiking networks built from the paper's notation (Table 1), e.g. ``784-800-10``.
 
 Layers are separated by ``-``. The first token is the input: a number of neurons (``784``) or a
-spatial shape (``28x28`` or ``CxHxW``). Plain numbers after it are fully connected layers of
-ReL-PSP neurons.
+spatial shape (``28x28`` or ``CxHxW``). After it, ``NCk`` is a convolution of ``N`` channels with
+``k x k`` kernels, ``Pk`` an earliest-spike pooling over ``k x k`` windows, and a plain number a
+fully connected layer of ReL-PSP neurons, e.g. the paper's ``28x28-6C5-P2-16C5-P2-1024-128-10``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ArchitectureError
-from .layers import SpikingLinear
+from .layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
 
 __all__ = ["LayerSpec", "parse_arch", "build", "SpikingNetwork"]
 
@@ -70,11 +71,47 @@ def parse_arch(arch: str) -> list[LayerSpec]:
     return specs
 
 
+def _token(spec: LayerSpec) -> str:
+    """The architecture token that ``spec`` was parsed from, for error messages."""
+    if spec.kind == "conv":
+        return f"{spec.size}C{spec.kernel}"
+    if spec.kind == "pool":
+        return f"P{spec.kernel}"
+    return str(spec.size)
+
+
+def _spatial_layer(spec: LayerSpec, shape: tuple[int, ...], arch: str, threshold: float, backend: str | None) -> tuple[nn.Module, tuple[int, int, int]]:
+    """The conv or pool layer for ``spec`` on an input map of ``shape = (C, H, W)``, and its output shape."""
+    token = _token(spec)
+    if len(shape) != 3:
+        raise ArchitectureError(
+            f"{token!r} in architecture {arch!r} needs a spatial input map, but its input is a flat layer of {shape[0]} neurons; "
+            f"start with an input shape such as 28x28 and put convolutions and pooling before fully connected layers"
+        )
+    channels, height, width = shape
+    k = spec.kernel
+    if k > height or k > width:
+        what = "convolution kernel" if spec.kind == "conv" else "pooling window"
+        raise ArchitectureError(f"{token!r} in architecture {arch!r}: its {what} {k}x{k} is larger than its {height}x{width} input map")
+    if spec.kind == "conv":
+        return SpikingConv2d(channels, spec.size, k, threshold=threshold, backend=backend), (spec.size, height - k + 1, width - k + 1)
+    return EarliestSpikePool2d(k), (channels, height // k, width // k)
+
+
 class SpikingNetwork(nn.Module):
     """A feed-forward stack of spiking layers: input spike times -> output spike times.
 
-    ``forward`` takes ``(B, *input_shape)`` or ``(B, input_size)`` times (``+inf`` = no spike)
-    and returns ``(B, classes)`` output times. ``forward_all`` returns every layer's times.
+    Convolutions (``6C5``: 6 channels, 5x5 kernel, stride 1, no padding) and earliest-spike
+    pooling (``P2``: 2x2 windows, stride 2; rows and columns that do not fill a window are
+    dropped, as in ``max_pool2d``) keep the ``(B, C, H, W)`` layout; the first fully connected
+    layer after them takes the flattened map ``(B, C*H*W)``.
+
+    ``forward`` takes input times (``+inf`` = no spike) and returns ``(B, classes)`` output
+    times. A network with convolutions or pooling takes ``(B, *input_shape)`` or
+    ``(B, input_size)``; a fully connected one takes any ``(B, ...)`` with ``input_size`` times
+    per sample. ``forward_all`` returns every layer's times, input first, each in the shape the
+    layer produced: ``(B, C, H, W)`` for the input and conv/pool layers of a spatial network,
+    ``(B, N)`` for fully connected layers (and for the input of a fully connected network).
     """
 
     def __init__(self, arch: str, threshold: float = 1.0, backend: str | None = None) -> None:
@@ -84,17 +121,18 @@ class SpikingNetwork(nn.Module):
         self.backend = backend
         specs = parse_arch(arch)
         self.input_shape = specs[0].shape
+        self.spatial = any(spec.kind in ("conv", "pool") for spec in specs)
         layers: list[nn.Module] = []
-        features = specs[0].size
+        shape = self.input_shape if self.spatial else (specs[0].size,)  # (C, H, W) while spatial, then (N,)
         for spec in specs[1:]:
-            if spec.kind != "linear":
-                raise ArchitectureError(
-                    f"layer {spec.kind!r} in {arch!r} is not available in this version of stdbp; use fully connected layers"
-                )
-            layers.append(SpikingLinear(features, spec.size, threshold=threshold, backend=backend))
-            features = spec.size
+            if spec.kind in ("conv", "pool"):
+                layer, shape = _spatial_layer(spec, shape, arch, threshold, backend)
+            else:
+                features = int(torch.tensor(shape).prod())
+                layer, shape = SpikingLinear(features, spec.size, threshold=threshold, backend=backend), (spec.size,)
+            layers.append(layer)
         self.layers = nn.ModuleList(layers)
-        self.num_classes = features
+        self.num_classes = shape[0]
 
     @property
     def config(self) -> dict:
@@ -102,25 +140,30 @@ class SpikingNetwork(nn.Module):
         return {"arch": self.arch, "threshold": self.threshold}
 
     def _flatten_input(self, t_in: Tensor) -> Tensor:
+        """``t_in`` in the shape the first layer takes: ``(B, *input_shape)`` for a spatial network, else ``(B, input_size)``."""
         size = int(torch.tensor(self.input_shape).prod())
-        if t_in.dim() >= 2 and t_in[0].numel() == size:
-            return t_in.reshape(t_in.shape[0], size)
-        raise ArchitectureError(
-            f"input of shape {tuple(t_in.shape)} does not fit architecture {self.arch!r}, which expects (batch, {size})"
-        )
+        if self.spatial:
+            if (t_in.dim() == 4 and tuple(t_in.shape[1:]) == self.input_shape) or (t_in.dim() == 2 and t_in.shape[1] == size):
+                return t_in.reshape(t_in.shape[0], *self.input_shape)
+            expected = f"(batch, {', '.join(map(str, self.input_shape))}) or (batch, {size})"
+        else:
+            if t_in.dim() >= 2 and t_in[0].numel() == size:
+                return t_in.reshape(t_in.shape[0], size)
+            expected = f"(batch, {size})"
+        raise ArchitectureError(f"input of shape {tuple(t_in.shape)} does not fit architecture {self.arch!r}, which expects {expected}")
 
     def forward_all(self, t_in: Tensor) -> list[Tensor]:
-        """Spike times of every layer, input first: ``[(B, N_0), (B, N_1), ...]``."""
+        """Spike times of every layer, input first: ``[t_0, t_1, ...]``, shapes as in the class docstring."""
         times = [self._flatten_input(t_in)]
         for layer in self.layers:
-            times.append(layer(times[-1]))
+            t = times[-1]
+            if isinstance(layer, SpikingLinear) and t.dim() > 2:
+                t = t.flatten(1)  # (B, C, H, W) -> (B, C*H*W)
+            times.append(layer(t))
         return times
 
     def forward(self, t_in: Tensor) -> Tensor:
-        t = self._flatten_input(t_in)
-        for layer in self.layers:
-            t = layer(t)
-        return t
+        return self.forward_all(t_in)[-1]
 
 
 def build(arch: str, threshold: float = 1.0, backend: str | None = None) -> SpikingNetwork:

@@ -13,11 +13,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .conv_reference import conv_output_size, relpsp_conv2d_reference
 from .reference import SILENT_HORIZON, relpsp_linear_reference
 
 BACKENDS = ("reference", "numba")
 
-__all__ = ["BACKENDS", "SILENT_HORIZON", "relpsp_linear_reference", "resolve_backend", "relpsp_linear_kernel"]
+__all__ = [
+    "BACKENDS",
+    "SILENT_HORIZON",
+    "relpsp_linear_reference",
+    "relpsp_conv2d_reference",
+    "conv_output_size",
+    "resolve_backend",
+    "relpsp_linear_kernel",
+    "relpsp_conv2d_kernel",
+]
 
 
 def resolve_backend(device: torch.device, backend: str | None = None) -> str:
@@ -51,7 +61,9 @@ class _RelpspLinearNumba(torch.autograd.Function):
         times = np.empty((batch, n_in), dtype=t_np.dtype)
         n_spikes = np.empty(batch, dtype=np.int32)
         thr = t_np.dtype.type(threshold)
-        numba_cpu.relpsp_linear_forward(t_np, w_t, thr, t_out, anchor, inv_slope, n_causal, order, times, n_spikes)
+        use_radix = t_np.dtype == np.float32
+        keys = t_np.view(np.uint32) if use_radix else np.zeros((batch, 1), dtype=np.uint32)
+        numba_cpu.relpsp_linear_forward(t_np, keys, use_radix, w_t, thr, t_out, anchor, inv_slope, n_causal, order, times, n_spikes)
         ctx.scan = (times, w_t, anchor, inv_slope, n_causal, order, n_spikes)
         return torch.from_numpy(t_out)
 
@@ -82,3 +94,73 @@ def relpsp_linear_kernel(t_in: Tensor, weight: Tensor, threshold: float, backend
     if name == "reference":
         return relpsp_linear_reference(t_in, weight, threshold)
     return _RelpspLinearNumba.apply(t_in, weight, threshold)
+
+
+class _RelpspConv2dNumba(torch.autograd.Function):
+    """Autograd wrapper of the numba convolutional scan (``numba_conv``): forward eq. 12, backward eqs. 14-15."""
+
+    @staticmethod
+    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float, stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:  # type: ignore[override]
+        from . import numba_conv
+
+        batch, c_in, h_in, w_in = t_in.shape
+        c_out, _, k_h, k_w = weight.shape
+        h_out = conv_output_size(h_in, k_h, stride[0], padding[0])
+        w_out = conv_output_size(w_in, k_w, stride[1], padding[1])
+        t_flat = t_in.detach().reshape(batch, c_in * h_in * w_in).contiguous().numpy()  # (B, C_in*H*W)
+        # (C_in*kH, kW*C_out) with kx flipped: the layout of numba_conv.relpsp_conv2d_forward
+        weight_f = np.ascontiguousarray(weight.detach().flip(3).permute(1, 2, 3, 0).reshape(c_in * k_h, k_w * c_out).numpy())
+        dtype = t_flat.dtype
+        n_out = h_out * w_out * c_out
+        t_out = np.empty((batch, n_out), dtype=dtype)  # neuron state in (H_out, W_out, C_out) order
+        anchor = np.empty_like(t_out)
+        inv_slope = np.empty_like(t_out)
+        n_causal = np.empty_like(anchor)
+        order = np.empty(t_flat.shape, dtype=np.int32)
+        times = np.empty_like(t_flat)
+        n_spikes = np.empty(batch, dtype=np.int32)
+        geometry = (c_in, h_in, w_in, k_h, k_w, *stride, *padding, h_out, w_out)
+        use_radix = dtype == np.float32
+        keys = t_flat.view(np.uint32) if use_radix else np.zeros((1, 1), dtype=np.uint32)
+        numba_conv.relpsp_conv2d_forward(t_flat, keys, use_radix, weight_f, dtype.type(threshold), geometry, t_out, anchor, inv_slope, n_causal, order, times, n_spikes)
+        ctx.scan = (weight_f, anchor, inv_slope, n_causal, order, times, n_spikes)
+        ctx.geometry = geometry
+        return torch.from_numpy(t_out).view(batch, h_out, w_out, c_out).permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        from . import numba_conv
+
+        weight_f, anchor, inv_slope, n_causal, order, times, n_spikes = ctx.scan
+        geometry = ctx.geometry
+        c_in, h_in, w_in, k_h, k_w = geometry[:5]
+        batch = anchor.shape[0]
+        grad_hwc = grad_out.detach().permute(0, 2, 3, 1).reshape(anchor.shape).numpy()  # (B, H_out*W_out*C_out)
+        grad_scaled = np.ascontiguousarray(grad_hwc * inv_slope)
+        grad_in = np.zeros(times.shape, dtype=times.dtype)
+        grad_w_partial = np.empty((batch, *weight_f.shape), dtype=times.dtype)
+        numba_conv.relpsp_conv2d_backward(weight_f, grad_scaled, anchor, n_causal, order, times, n_spikes, geometry, grad_in, grad_w_partial)
+        grad_t = torch.from_numpy(grad_in).reshape(batch, c_in, h_in, w_in) if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w_f = np.zeros(weight_f.shape, dtype=times.dtype)
+            for b in range(batch):  # in sample order: reproducible for any thread count
+                grad_w_f += grad_w_partial[b]
+            grad_w = torch.from_numpy(grad_w_f).reshape(c_in, k_h, k_w, grad_out.shape[1])
+            grad_w = grad_w.permute(3, 0, 1, 2).flip(3).contiguous()  # (C_out, C_in, kH, kW)
+        return grad_t, grad_w, None, None, None
+
+
+def relpsp_conv2d_kernel(
+    t_in: Tensor,
+    weight: Tensor,
+    threshold: float,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    backend: str | None = None,
+) -> Tensor:
+    """Dispatch ``relpsp_conv2d`` to a kernel; inputs are assumed valid (see ``stdbp.functional``)."""
+    name = resolve_backend(t_in.device, backend)
+    if name == "reference":
+        return relpsp_conv2d_reference(t_in, weight, threshold, stride, padding)
+    return _RelpspConv2dNumba.apply(t_in, weight, threshold, stride, padding)

@@ -1,0 +1,225 @@
+"""Event-driven convolutional ReL-PSP kernel for the CPU, compiled with numba.
+
+Per sample, and in parallel over the batch, the forward pass sorts the sample's ``C_in*H*W``
+input spikes once and scans them in time order. Each input pixel lies in the receptive field
+of at most ``kH*kW`` output positions, and each spike is scattered to those positions' ``C_out``
+neurons. Every neuron keeps ``s = sum w`` and ``q = sum w t`` over the inputs of its field seen
+so far; between two of its inputs its potential is linear, so when its next input arrives at
+``t_k`` the neuron has already fired iff ``s > 0`` and ``threshold + q <= t_k * s``. It then fires
+at ``(threshold + q) / s`` (eq. 12), with the inputs scanned before ``t_k`` as its causal set,
+and takes no further input. A neuron that has not fired by its field's last input fires after
+it if ``s > 0``, and is silent otherwise. Inputs with equal times: the ones scanned after the
+first of the group do not change the test (their PSP is 0 at ``t_k``), so ties enter together.
+
+The causal set of a neuron is a prefix of the sample's global time order (the field's inputs
+with global position below ``n_causal``), so the backward pass replays the same scan: for each
+spiking input and each neuron it reaches, eq. 15 adds ``a_j w_ij`` to the input's gradient
+and eq. 14 adds ``a_j (t_i - t_j)`` to the weight's, with ``a_j = dL/dt_j / sum_C w``. Weight
+gradients are summed per sample, then over samples in order: reproducible bitwise and
+independent of the thread count.
+
+Silent neurons follow the reference (``conv_reference``): in the backward pass they act as if
+they fired at ``t_ref`` = latest input spike of their receptive field + ``SILENT_HORIZON``, with
+every spiking input of the field causal and unit slope.
+
+Arrays are float32 or float64. Neuron state is laid out ``(H_out, W_out, C_out)`` and weights
+``(C_in*kH, kW*C_out)`` with ``kx`` flipped, so that at stride 1 the neurons one input reaches
+in an output row, and their weights, are each one contiguous run (``kW*C_out`` long): the inner
+loops run over slices (which also spares numba's negative-index checks) and LLVM vectorises
+them. As in ``numba_cpu``, constants are cast to the array dtype and hot loops write only local
+arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .numba_cpu import _sorted_spikes
+from .reference import SILENT_HORIZON
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _field_range(pos, pad, stride, kernel, n_out):  # pragma: no cover - compiled
+    """Output positions ``[lo, hi]`` along one axis whose receptive field holds input ``pos`` (empty if ``hi < lo``)."""
+    r = pos + pad
+    hi = min(r // stride, n_out - 1)
+    lo = max(0, (r - kernel + stride) // stride)
+    return lo, hi
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _scan_run(s, q, nc, w, t, kf, threshold, zero):  # pragma: no cover - compiled
+    """One input spike at time ``t`` (position ``kf`` in time order) reaches a run of neurons.
+
+    A neuron that has not fired yet first checks whether it fired before ``t``, and if not,
+    adds the spike: ``s += w``, ``q += w t``. All arrays are slices of equal length.
+    """
+    for e in range(s.shape[0]):
+        se = s[e]
+        qe = q[e]
+        ne = nc[e] + kf * ((nc[e] == zero) & (se > zero) & (threshold + qe <= t * se))
+        nc[e] = ne
+        m = w[e] * (ne == zero)
+        s[e] = se + m
+        q[e] = qe + m * t
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _finish_run(s, q, nc, t_ref, count, threshold, t_out, anchor, inv_slope, zero, one, inf):  # pragma: no cover - compiled
+    """After the scan, the neurons of one output position: fire at ``(threshold + q) / s`` or stay silent.
+
+    A neuron that has not fired before its field's last input fires after it if ``s > 0``; its
+    causal set, like a silent neuron's, is then every spike of the sample (``count``).
+    """
+    for e in range(s.shape[0]):
+        fired = (nc[e] > zero) | (s[e] > zero)
+        slope = s[e] if fired else one
+        t_fire = (threshold + q[e]) / slope
+        t_out[e] = t_fire if fired else inf
+        anchor[e] = t_fire if fired else t_ref
+        inv_slope[e] = one / slope
+        nc[e] = nc[e] if nc[e] > zero else count
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _grad_run(a, t_j, nc, w, g, t_i, kf, zero):  # pragma: no cover - compiled
+    """Eqs. 14-15 for one input spike and a run of neurons: add to ``g``, return the input's gradient."""
+    acc = zero
+    for e in range(a.shape[0]):
+        m = a[e] * (kf < nc[e])
+        acc += m * w[e]
+        g[e] += m * (t_i - t_j[e])
+    return acc
+
+
+@njit(parallel=True, cache=True)
+def relpsp_conv2d_forward(t_flat, keys, use_radix, weight_f, threshold, geometry, t_out, anchor, inv_slope, n_causal, order, times, n_spikes):  # pragma: no cover - compiled
+    """Forward scan.
+
+    Args:
+        t_flat: ``(B, C_in*H*W)`` input times, ``inf`` = silent, C-contiguous.
+        keys, use_radix: ``t_flat`` viewed as uint32 and ``True`` when it is float32 (radix
+            sort, see ``numba_cpu._sorted_spikes``); a ``(1, 1)`` uint32 array and ``False`` otherwise.
+        weight_f: ``(C_in*kH, kW*C_out)`` weights, ``weight_f[c*kH + ky, (kW-1-kx)*C_out + co] =
+            weight[co, c, ky, kx]``: ``kx`` is flipped so that, at stride 1, the output positions
+            ``ox, ox+1, ...`` reached by one input use consecutive weights.
+        threshold: scalar of the same dtype as ``t_flat``.
+        geometry: ``(C_in, H, W, kH, kW, sH, sW, pH, pW, H_out, W_out)`` ints, in pixels.
+        t_out: ``(B, H_out*W_out*C_out)`` output times, in the neuron-state order (written).
+        anchor: ``(B, H_out*W_out*C_out)`` time the backward uses: the output time, or
+            ``t_ref`` for a silent neuron (written).
+        inv_slope: ``(B, H_out*W_out*C_out)`` ``1 / sum_C w``, or 1 when silent (written).
+        n_causal: ``(B, H_out*W_out*C_out)`` causal prefix length in the sample's time order,
+            in the float dtype (written).
+        order: ``(B, C_in*H*W)`` int32 spiking input indices in time order (written).
+        times: ``(B, C_in*H*W)`` their times (written).
+        n_spikes: ``(B,)`` int32 number of spiking inputs (written).
+    """
+    batch = t_flat.shape[0]
+    _, h_in, w_in, k_h, k_w, stride_h, stride_w, pad_h, pad_w, h_out, w_out = geometry
+    c_out = weight_f.shape[1] // k_w
+    n_out = h_out * w_out * c_out
+    plane = h_in * w_in
+    inf = np.full(1, np.inf, dtype=t_flat.dtype)[0]
+    horizon = np.full(1, SILENT_HORIZON, dtype=t_flat.dtype)[0]
+    one = np.ones(1, dtype=t_flat.dtype)[0]
+    zero = np.zeros(1, dtype=t_flat.dtype)[0]
+    for b in prange(batch):
+        count = _sorted_spikes(t_flat[b], keys[b % keys.shape[0]], use_radix, order[b], times[b])
+        n_spikes[b] = count
+        s = np.zeros(n_out, dtype=t_flat.dtype)
+        q = np.zeros(n_out, dtype=t_flat.dtype)
+        nc = np.zeros(n_out, dtype=t_flat.dtype)  # 0 until the neuron fires
+        latest = np.zeros(h_out * w_out, dtype=t_flat.dtype)  # latest spike of each field, 0 if none
+        kbuf = np.zeros(1, dtype=t_flat.dtype)  # casts k to the dtype (zero + k would be float64)
+        for k in range(count):
+            idx = order[b, k]
+            t = times[b, k]
+            kbuf[0] = k
+            kf = kbuf[0]
+            c = idx // plane
+            y = (idx - c * plane) // w_in
+            x = idx - c * plane - y * w_in
+            oy_lo, oy_hi = _field_range(y, pad_h, stride_h, k_h, h_out)
+            ox_lo, ox_hi = _field_range(x, pad_w, stride_w, k_w, w_out)
+            if ox_hi < ox_lo:
+                continue
+            # Stride 1: one run over (ox, co) per row oy; otherwise one run over co per (oy, ox).
+            n_runs = 1 if stride_w == 1 else ox_hi - ox_lo + 1
+            run = (ox_hi - ox_lo + 1) * c_out if stride_w == 1 else c_out
+            for oy in range(oy_lo, oy_hi + 1):
+                latest[oy * w_out + ox_lo : oy * w_out + ox_hi + 1] = t  # spikes come in time order
+                w_row = weight_f[c * k_h + y + pad_h - oy * stride_h]
+                for r in range(n_runs):
+                    ox = ox_lo + r
+                    j0 = (oy * w_out + ox) * c_out
+                    w0 = (k_w - 1 - (x + pad_w - ox * stride_w)) * c_out
+                    _scan_run(s[j0 : j0 + run], q[j0 : j0 + run], nc[j0 : j0 + run], w_row[w0 : w0 + run], t, kf, threshold, zero)
+        kbuf[0] = count
+        for p in range(h_out * w_out):
+            lo, hi = p * c_out, (p + 1) * c_out
+            _finish_run(
+                s[lo:hi], q[lo:hi], nc[lo:hi], latest[p] + horizon, kbuf[0], threshold,
+                t_out[b, lo:hi], anchor[b, lo:hi], inv_slope[b, lo:hi], zero, one, inf,
+            )
+        n_causal[b] = nc
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
+def relpsp_conv2d_backward(weight_f, grad_scaled, anchor, n_causal, order, times, n_spikes, geometry, grad_in, grad_w_partial):  # pragma: no cover - compiled
+    """Input and weight gradients by eqs. 15 and 14, replaying the forward scan.
+
+    Args:
+        weight_f: ``(C_in*kH, kW*C_out)`` weights in the layout of :func:`relpsp_conv2d_forward`.
+        grad_scaled: ``(B, H_out*W_out*C_out)`` ``a = dL/dt_out * inv_slope``.
+        anchor, n_causal: as written by :func:`relpsp_conv2d_forward`.
+        order, times, n_spikes: the sorted spikes written by the forward pass.
+        geometry: as for :func:`relpsp_conv2d_forward`.
+        grad_in: ``(B, C_in*H*W)`` input-time gradient, zeroed by the caller (written at spiking inputs).
+        grad_w_partial: ``(B, C_in*kH, kW*C_out)`` per-sample weight gradients in the layout of
+            ``weight_f`` (written); the caller sums them over the batch in order.
+
+    The sum over the neurons an input reaches may be reassociated (vectorised): deterministic
+    for a given machine and build.
+    """
+    batch = grad_in.shape[0]
+    _, h_in, w_in, k_h, k_w, stride_h, stride_w, pad_h, pad_w, h_out, w_out = geometry
+    c_out = weight_f.shape[1] // k_w
+    plane = h_in * w_in
+    zero = np.zeros(1, dtype=grad_in.dtype)[0]
+    for b in prange(batch):
+        a = grad_scaled[b].copy()
+        t_j = anchor[b].copy()
+        nc = n_causal[b].copy()
+        gw = np.zeros(weight_f.shape, dtype=grad_in.dtype)
+        kbuf = np.zeros(1, dtype=grad_in.dtype)
+        for k in range(n_spikes[b]):
+            idx = order[b, k]
+            t_i = times[b, k]
+            kbuf[0] = k
+            kf = kbuf[0]
+            c = idx // plane
+            y = (idx - c * plane) // w_in
+            x = idx - c * plane - y * w_in
+            oy_lo, oy_hi = _field_range(y, pad_h, stride_h, k_h, h_out)
+            ox_lo, ox_hi = _field_range(x, pad_w, stride_w, k_w, w_out)
+            if ox_hi < ox_lo:
+                continue
+            n_runs = 1 if stride_w == 1 else ox_hi - ox_lo + 1
+            run = (ox_hi - ox_lo + 1) * c_out if stride_w == 1 else c_out
+            acc = zero
+            for oy in range(oy_lo, oy_hi + 1):
+                row = c * k_h + y + pad_h - oy * stride_h
+                w_row = weight_f[row]
+                g_row = gw[row]
+                for r in range(n_runs):
+                    ox = ox_lo + r
+                    j0 = (oy * w_out + ox) * c_out
+                    w0 = (k_w - 1 - (x + pad_w - ox * stride_w)) * c_out
+                    acc += _grad_run(
+                        a[j0 : j0 + run], t_j[j0 : j0 + run], nc[j0 : j0 + run],
+                        w_row[w0 : w0 + run], g_row[w0 : w0 + run], t_i, kf, zero,
+                    )
+            grad_in[b, idx] = acc
+        grad_w_partial[b] = gw
