@@ -26,44 +26,161 @@ from .reference import SILENT_HORIZON
 
 
 @njit(cache=True, nogil=True)
-def _sorted_spikes(t_row, order_row, times_row):  # pragma: no cover - compiled
+def _radix_sort_indices(keys, order, scratch, count):  # pragma: no cover - compiled
+    """Sort ``order[:count]`` by ``keys[order[k]]`` (uint32 bit patterns of times >= 0), stably.
+
+    LSD radix sort on the float bits with the sign bit cleared (so -0.0 sorts as 0.0), four
+    passes of 8 bits; a pass whose digit is the same for every key is skipped.
+    """
+    hist = np.zeros(256, dtype=np.int64)
+    src, dst = order, scratch
+    for shift in range(0, 32, 8):
+        hist[:] = 0
+        for k in range(count):
+            hist[((keys[src[k]] & 0x7FFFFFFF) >> shift) & 0xFF] += 1
+        if hist.max() == count:
+            continue
+        total = 0
+        for d in range(256):
+            c = hist[d]
+            hist[d] = total
+            total += c
+        for k in range(count):
+            d = ((keys[src[k]] & 0x7FFFFFFF) >> shift) & 0xFF
+            dst[hist[d]] = src[k]
+            hist[d] += 1
+        src, dst = dst, src
+    if src is not order:
+        order[:count] = src[:count]
+
+
+@njit(cache=True, nogil=True)
+def _sorted_spikes(t_row, key_row, use_radix, order_row, times_row):  # pragma: no cover - compiled
     """Write the indices and times of the finite entries of ``t_row`` in time order.
 
-    Returns the number of spiking inputs. Short lists use insertion sort; longer ones argsort.
+    Returns the number of spiking inputs. Short lists use insertion sort; longer ones a radix
+    sort on ``key_row`` (the uint32 view of a float32 ``t_row``) or, for float64, argsort.
     """
     count = 0
     for i in range(t_row.shape[0]):
         if t_row[i] < np.inf:
             order_row[count] = i
-            times_row[count] = t_row[i]
             count += 1
     if count <= 32:
         for a in range(1, count):
-            key_t = times_row[a]
             key_i = order_row[a]
+            key_t = t_row[key_i]
             c = a - 1
-            while c >= 0 and times_row[c] > key_t:
-                times_row[c + 1] = times_row[c]
+            while c >= 0 and t_row[order_row[c]] > key_t:
                 order_row[c + 1] = order_row[c]
                 c -= 1
-            times_row[c + 1] = key_t
             order_row[c + 1] = key_i
+    elif use_radix:
+        _radix_sort_indices(key_row, order_row, np.empty(count, dtype=order_row.dtype), count)
     else:
-        perm = np.argsort(times_row[:count])
+        tt = np.empty(count, dtype=t_row.dtype)
+        for a in range(count):
+            tt[a] = t_row[order_row[a]]
+        perm = np.argsort(tt)
         idx = order_row[:count].copy()
-        tt = times_row[:count].copy()
         for a in range(count):
             order_row[a] = idx[perm[a]]
-            times_row[a] = tt[perm[a]]
+    for a in range(count):
+        times_row[a] = t_row[order_row[a]]
     return count
 
 
+#: Layers with at most this many neurons use the scalar scan (branches, early exit at the
+#: last neuron's spike); wider ones the vectorised two-pass scan.
+NARROW = 32
+
+
+@njit(cache=True, nogil=True)
+def _scan_narrow(times, order, count, weight_t, threshold, nc, s_fire, q_fire):  # pragma: no cover - compiled
+    """Scan for a narrow layer: record each neuron's causal length, ``s`` and ``q`` as it fires."""
+    n_out = nc.shape[0]
+    zero = np.zeros(1, dtype=times.dtype)[0]
+    inf = np.full(1, np.inf, dtype=times.dtype)[0]
+    s = np.zeros(n_out, dtype=times.dtype)
+    q = np.zeros(n_out, dtype=times.dtype)
+    remaining = n_out
+    k = 0
+    while k < count and remaining > 0:
+        t_k = times[k]
+        row = weight_t[order[k]]
+        k += 1
+        for j in range(n_out):
+            s[j] += row[j]
+            q[j] += row[j] * t_k
+        t_next = times[k] if k < count else inf
+        if t_next == t_k:  # a tie: the group is checked once its last input is in
+            continue
+        for j in range(n_out):
+            if nc[j] == zero and s[j] > zero and threshold + q[j] <= t_next * s[j]:
+                nc[j] = zero + k
+                s_fire[j] = s[j]
+                q_fire[j] = q[j]
+                remaining -= 1
+
+
+@njit(cache=True, nogil=True)
+def _scan_wide(times, order, count, weight_t, threshold, nc, s_fire, q_fire):  # pragma: no cover - compiled
+    """Scan for a wide layer, branch-free so that it vectorises.
+
+    The hot loop writes only ``s``, ``q`` and the causal length (few enough arrays for LLVM's
+    alias checks); a second pass over each neuron's causal prefix recovers its ``s`` and ``q``
+    at firing, as the same sums in the same order.
+    """
+    n_out = nc.shape[0]
+    zero = np.zeros(1, dtype=times.dtype)[0]
+    inf = np.full(1, np.inf, dtype=times.dtype)[0]
+    s = np.zeros(n_out, dtype=times.dtype)
+    q = np.zeros(n_out, dtype=times.dtype)
+    k = 0
+    since_check = 0
+    while k < count:
+        t_k = times[k]
+        row = weight_t[order[k]]
+        k += 1
+        t_next = times[k] if k < count else inf
+        if t_next == t_k:
+            for j in range(n_out):
+                s[j] += row[j]
+                q[j] += row[j] * t_k
+            continue
+        kf = zero + k
+        for j in range(n_out):
+            sj = s[j] + row[j]
+            qj = q[j] + row[j] * t_k
+            s[j] = sj
+            q[j] = qj
+            nc[j] += kf * ((nc[j] == zero) & (sj > zero) & (threshold + qj <= t_next * sj))
+        since_check += 1
+        if since_check == 8:
+            since_check = 0
+            silent = 0
+            for j in range(n_out):
+                silent += nc[j] == zero
+            if silent == 0:
+                break
+    for kk in range(k):
+        t_k = times[kk]
+        row = weight_t[order[kk]]
+        kf = zero + kk
+        for j in range(n_out):
+            m = row[j] * (kf < nc[j])
+            s_fire[j] += m
+            q_fire[j] += m * t_k
+
+
 @njit(parallel=True, cache=True)
-def relpsp_linear_forward(t_in, weight_t, threshold, t_out, anchor, inv_slope, n_causal, order, times, n_spikes):  # pragma: no cover
+def relpsp_linear_forward(t_in, keys, use_radix, weight_t, threshold, t_out, anchor, inv_slope, n_causal, order, times, n_spikes):  # pragma: no cover
     """Forward scan.
 
     Args:
         t_in: ``(B, N_in)`` input times, ``inf`` = silent.
+        keys: ``t_in`` viewed as uint32 when it is float32 (radix sort), else any ``(B, 1)`` uint32 array.
+        use_radix: whether ``keys`` is that view.
         weight_t: ``(N_in, N_out)`` transposed weights, C-contiguous (one row per input).
         threshold: scalar of the same dtype as ``t_in``.
         t_out: ``(B, N_out)`` output times (written).
@@ -87,51 +204,16 @@ def relpsp_linear_forward(t_in, weight_t, threshold, t_out, anchor, inv_slope, n
     horizon = np.full(1, SILENT_HORIZON, dtype=t_in.dtype)[0]
     one = np.ones(1, dtype=t_in.dtype)[0]
     zero = np.zeros(1, dtype=t_in.dtype)[0]
-    check_every = 1 if n_out <= 64 else 8
     for b in prange(batch):
-        count = _sorted_spikes(t_in[b], order[b], times[b])
+        count = _sorted_spikes(t_in[b], keys[b], use_radix, order[b], times[b])
         n_spikes[b] = count
+        nc = np.zeros(n_out, dtype=t_in.dtype)  # local: LLVM vectorises loops over local arrays
         s = np.zeros(n_out, dtype=t_in.dtype)
         q = np.zeros(n_out, dtype=t_in.dtype)
-        nc = np.zeros(n_out, dtype=t_in.dtype)  # local: LLVM vectorises loops over local arrays
-        k = 0
-        since_check = 0
-        while k < count:
-            t_k = times[b, k]
-            row = weight_t[order[b, k]]
-            k += 1
-            t_next = times[b, k] if k < count else inf
-            if t_next == t_k:  # a tie: the group is checked once its last input is in
-                for j in range(n_out):
-                    s[j] += row[j]
-                    q[j] += row[j] * t_k
-                continue
-            kf = zero + k
-            for j in range(n_out):
-                sj = s[j] + row[j]
-                qj = q[j] + row[j] * t_k
-                s[j] = sj
-                q[j] = qj
-                nc[j] += kf * ((nc[j] == zero) & (sj > zero) & (threshold + qj <= t_next * sj))
-            since_check += 1
-            if since_check == check_every:
-                since_check = 0
-                silent = 0
-                for j in range(n_out):
-                    silent += nc[j] == zero
-                if silent == 0:
-                    break
-        # s and q at firing: the same sums, in the same order, over each causal prefix.
-        s[:] = zero
-        q[:] = zero
-        for kk in range(k):
-            t_k = times[b, kk]
-            row = weight_t[order[b, kk]]
-            kf = zero + kk
-            for j in range(n_out):
-                m = row[j] * (kf < nc[j])
-                s[j] += m
-                q[j] += m * t_k
+        if n_out <= NARROW:
+            _scan_narrow(times[b], order[b], count, weight_t, threshold, nc, s, q)
+        else:
+            _scan_wide(times[b], order[b], count, weight_t, threshold, nc, s, q)
         t_ref = (times[b, count - 1] if count > 0 else zero) + horizon
         for j in range(n_out):
             if nc[j] > zero:
