@@ -143,6 +143,40 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time a training step against ReLU and snnTorch", description=(
+        "Time one training step (forward, loss, backward, Adam) of stdbp, the same-shape ReLU network and, if installed, "
+        "snnTorch, interleaved on real MNIST batches; medians after warm-up. Peak memory in a fresh process each."))
+    p.add_argument("--arch", nargs="+", help="architectures (default: 784-800-10 and the paper's convolutional network)")
+    p.add_argument("--batch-size", nargs="+", type=int, default=[64, 128], help="batch sizes (default 64 128)")
+    p.add_argument("--repeats", type=int, default=60, help="timed steps per configuration (default 60)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
+    p.add_argument("--snn-steps", nargs="*", type=int, default=[25, 100], help="snnTorch time steps (default 25 100)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import DEFAULT_ARCHS, run_bench
+    from .models import parse_arch
+
+    archs = tuple(args.arch or DEFAULT_ARCHS)
+    for arch in archs:
+        parse_arch(arch)
+    if args.repeats < 1 or args.warmup < 0 or any(b < 1 for b in args.batch_size):
+        raise StdbpError("--repeats and --batch-size must be at least 1, --warmup at least 0")
+    report = run_bench(archs, tuple(args.batch_size), args.warmup, args.repeats, not args.no_memory, tuple(args.snn_steps))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(json.dumps(report["machine"]))
+    for row in report["results"]:
+        extra = "".join(f"  {k}={v}" for k, v in row.items() if k not in ("arch", "batch_size"))
+        print(f"{row['arch']} batch {row['batch_size']}:{extra}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stdbp", description="Deep spiking networks trained by exact spike-time backpropagation.")
     parser.add_argument("--version", action="version", version=f"stdbp {__version__}")
@@ -151,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_download(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -158,22 +158,20 @@ def train(
     saved configuration (:func:`resume_config`), with ``epochs`` raised to extend the run.
     """
     out = Path(out)
-    state: dict[str, Any] | None = None
-    if resume:
-        state = load_checkpoint(out / "checkpoint.pt")
-    else:
-        _prepare_run_dir(out, force)
     config.validate()
-    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-
+    # Everything a user can get wrong is checked before the run directory is touched.
+    state = load_checkpoint(out / "checkpoint.pt") if resume else None
     data = load_dataset(config.dataset, config.data_dir)
     train_split, test_split = data["train"], data["test"]
     if config.train_limit:
         train_split = Split(train_split.images[: config.train_limit], train_split.labels[: config.train_limit])
-
     torch.manual_seed(config.seed)
     model = build(config.arch, threshold=config.threshold)
     model._flatten_input(encode(train_split.images[:1], config.t_max))  # the data must fit the architecture
+    if not resume:
+        _prepare_run_dir(out, force)
+    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -198,6 +196,10 @@ def train(
         metrics = [row for row in state.get("metrics", []) if row["epoch"] * steps_per_epoch <= step]
         echo(f"resuming {out} at epoch {step // steps_per_epoch + 1}, step {step}")
 
+    running = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0}  # the current epoch's sums so far
+    if state is not None:
+        running.update(state.get("running", {}))
+
     def checkpoint() -> None:
         save_checkpoint(
             out / "checkpoint.pt",
@@ -211,6 +213,7 @@ def train(
             epoch=step // steps_per_epoch,
             nonfinite_steps=nonfinite_steps,
             metrics=metrics,
+            running=running,
         )
 
     last: dict[str, Any] = metrics[-1] if metrics else {}
@@ -219,7 +222,8 @@ def train(
             epoch = step // steps_per_epoch
             order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
             start_time = time.perf_counter()
-            loss_sum = correct = seen = 0.0
+            if step % steps_per_epoch == 0:
+                running = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0}
             bar = tqdm(total=steps_per_epoch, initial=step % steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
             model.train()
             while step < (epoch + 1) * steps_per_epoch:
@@ -238,11 +242,11 @@ def train(
                     nonfinite_steps += 1
                 scheduler.step()
                 step += 1
-                loss_sum += loss.item() * len(labels)
-                correct += float((F.first_spike_decision(t_out.detach()) == labels).sum())
-                seen += len(labels)
+                running["loss_sum"] += loss.item() * len(labels)
+                running["correct"] += float((F.first_spike_decision(t_out.detach()) == labels).sum())
+                running["seen"] += len(labels)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+                bar.set_postfix(loss=f"{running['loss_sum'] / running['seen']:.4f}", acc=f"{running['correct'] / running['seen']:.4f}")
                 if stop.signal is not None:
                     bar.close()
                     checkpoint()
@@ -256,8 +260,8 @@ def train(
             last = {
                 "epoch": epoch + 1,
                 "step": step,
-                "train_loss": loss_sum / max(seen, 1),
-                "train_accuracy": correct / max(seen, 1),
+                "train_loss": running["loss_sum"] / max(running["seen"], 1),
+                "train_accuracy": running["correct"] / max(running["seen"], 1),
                 "test_accuracy": test["accuracy"],
                 "test_silent": test["silent"],
                 "lr": optimizer.param_groups[0]["lr"],

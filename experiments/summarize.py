@@ -1,0 +1,58 @@
+"""Print the README's results table from the run directories under results/.
+
+Usage: python experiments/summarize.py results/table1 [more result dirs...]
+
+Each run directory holds config.json and metrics.jsonl written by `stdbp train`; runs are
+grouped by (dataset, arch) and summarised over seeds: final test accuracy (mean, sample std,
+min-max), epochs, total training wall time and seconds per epoch (both as logged, eval included).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def load_runs(roots: list[Path]) -> dict[tuple[str, str], list[dict]]:
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for root in roots:
+        for metrics in sorted(root.glob("*/metrics.jsonl")):
+            config = json.loads((metrics.parent / "config.json").read_text())
+            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            if not rows or rows[-1]["epoch"] != config["epochs"]:
+                continue  # unfinished
+            groups[(config["dataset"], config["arch"])].append({"config": config, "rows": rows, "dir": metrics.parent})
+    return groups
+
+
+def command(config: dict) -> str:
+    flags = f"--arch {config['arch']} --epochs {config['epochs']} --seed {config['seed']}"
+    if config["dataset"] != "mnist":
+        flags += f" --dataset {config['dataset']}"
+    return f"stdbp train {flags}"
+
+
+def main(argv: list[str]) -> int:
+    roots = [Path(a) for a in argv] or [Path("results/table1")]
+    print("| dataset | network | seeds | test accuracy % (mean ± std) | min-max % | epochs | wall time per run | s/epoch | non-finite steps | command (per seed) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (dataset, arch), runs in sorted(load_runs(roots).items()):
+        accs = [100 * run["rows"][-1]["test_accuracy"] for run in runs]
+        walls = [sum(r["seconds"] for r in run["rows"]) for run in runs]
+        epochs = runs[0]["config"]["epochs"]
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        nonfinite = sum(run["rows"][-1]["nonfinite_steps"] for run in runs)
+        seeds = ",".join(str(run["config"]["seed"]) for run in runs)
+        cmd = command(runs[0]["config"]).replace(f"--seed {runs[0]['config']['seed']}", "--seed S")
+        print(
+            f"| {dataset} | {arch} | {seeds} | {statistics.mean(accs):.2f} ± {std:.2f} | {min(accs):.2f}-{max(accs):.2f} | "
+            f"{epochs} | {statistics.mean(walls) / 60:.1f} min | {statistics.mean(walls) / epochs:.1f} | {nonfinite} | `{cmd}` |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,261 @@
+"""``stdbp bench``: the cost of one training step, stdbp against the same-shape ReLU network and snnTorch.
+
+Every step is a full training step on a real MNIST batch: forward, loss, backward, Adam update.
+The configurations are timed in one process, interleaved (one step of each in turn), and the
+median after warm-up is reported. Peak memory is measured in a fresh process per configuration:
+the growth of the resident set (``ru_maxrss``) over the process after imports and data loading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .data import load_dataset
+from .functional import first_spike_cross_entropy
+from .models import build, parse_arch
+from .train import encode
+
+__all__ = ["relu_network", "snntorch_network", "make_steps", "run_bench"]
+
+DEFAULT_ARCHS = ("784-800-10", "28x28-6C5-P2-16C5-P2-1024-128-10")
+
+
+def relu_network(arch: str) -> nn.Module:
+    """The ANN of the same shape: ``nn.Linear``/``nn.Conv2d`` (no padding), 2x2 max-pooling, ReLU."""
+    specs = parse_arch(arch)
+    layers: list[nn.Module] = []
+    shape = specs[0].shape
+    channels, spatial = (shape[0], shape[1:]) if len(shape) == 3 else (None, None)
+    features = specs[0].size
+    for index, spec in enumerate(specs[1:]):
+        last = index == len(specs) - 2
+        if spec.kind == "conv":
+            layers += [nn.Conv2d(channels, spec.size, spec.kernel), nn.ReLU()]
+            channels, spatial = spec.size, tuple(d - spec.kernel + 1 for d in spatial)
+        elif spec.kind == "pool":
+            layers.append(nn.MaxPool2d(spec.kernel))
+            spatial = tuple(d // spec.kernel for d in spatial)
+        else:
+            if spatial is not None:
+                layers.append(nn.Flatten())
+                features, spatial = channels * spatial[0] * spatial[1], None
+            layers.append(nn.Linear(features, spec.size))
+            if not last:
+                layers.append(nn.ReLU())
+            features = spec.size
+    return nn.Sequential(*layers)
+
+
+def snntorch_network(arch: str, num_steps: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """snnTorch ``Leaky`` neurons of the same (fully connected) shape, run for ``num_steps``; None if unavailable."""
+    try:
+        import snntorch as snn
+    except ImportError:
+        return None
+    specs = parse_arch(arch)
+    if any(spec.kind != "linear" for spec in specs[1:]):
+        return None
+    sizes = [specs[0].size] + [spec.size for spec in specs[1:]]
+    linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+    neurons = nn.ModuleList(snn.Leaky(beta=0.9) for _ in linears)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linears, self.neurons = linears, neurons
+
+        def forward(self, spikes: torch.Tensor) -> torch.Tensor:  # (T, B, N_in) -> spike counts (B, classes)
+            mems = [neuron.init_leaky() for neuron in self.neurons]
+            count = 0
+            for step in range(spikes.shape[0]):
+                x = spikes[step]
+                for k, (linear, neuron) in enumerate(zip(self.linears, self.neurons)):
+                    x, mems[k] = neuron(linear(x), mems[k])
+                count = count + x
+            return count
+
+    return Net()
+
+
+def latency_spike_train(t_in: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """``(B, N)`` spike times in [0, 1] (inf = none) -> ``(T, B, N)`` binary spike trains."""
+    steps = torch.where(torch.isfinite(t_in), (t_in * (num_steps - 1)).round(), torch.full_like(t_in, -1)).long()
+    return (torch.arange(num_steps).view(-1, 1, 1) == steps.unsqueeze(0)).float()
+
+
+def make_steps(
+    arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]], snn_steps: tuple[int, ...] = (25,), only: str | None = None
+) -> dict[str, Callable[[int], None]]:
+    """One training-step function per configuration, each taking the index of the batch to use.
+
+    With ``only``, just that configuration is built (for memory probes).
+    """
+    torch.manual_seed(0)
+    steps: dict[str, Callable[[int], None]] = {}
+    if only in (None, "stdbp"):
+        steps["stdbp"] = _stdbp_step(arch, batches)
+    if only in (None, "relu"):
+        steps["relu"] = _relu_step(arch, batches)
+    for num_steps in snn_steps:
+        if only in (None, f"snntorch_{num_steps}"):
+            step = _snntorch_step(arch, batches, num_steps)
+            if step is not None:
+                steps[f"snntorch_{num_steps}"] = step
+    return steps
+
+
+def _stdbp_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], None]:
+    spiking = build(arch)
+    opt_s = torch.optim.Adam(spiking.parameters(), lr=1e-3)
+    coded = [(encode(images, 1.0), labels) for images, labels in batches]
+
+    def stdbp_step(i: int) -> None:
+        t_in, labels = coded[i % len(coded)]
+        loss = first_spike_cross_entropy(spiking(t_in), labels, tau=0.05)
+        opt_s.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_s.step()
+
+    return stdbp_step
+
+
+def _relu_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], None]:
+    relu = relu_network(arch)
+    opt_r = torch.optim.Adam(relu.parameters(), lr=1e-3)
+    spatial = len(parse_arch(arch)[0].shape) == 3
+    floats = [((images.float() / 255).unsqueeze(1) if spatial else (images.float() / 255).flatten(1), labels) for images, labels in batches]
+
+    def relu_step(i: int) -> None:
+        x, labels = floats[i % len(floats)]
+        loss = nn.functional.cross_entropy(relu(x), labels)
+        opt_r.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_r.step()
+
+    return relu_step
+
+
+def _snntorch_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]], num_steps: int) -> Callable[[int], None] | None:
+    net = snntorch_network(arch, num_steps)
+    if net is None:
+        return None
+    opt_n = torch.optim.Adam(net.parameters(), lr=1e-3)
+    trains = [(latency_spike_train(encode(images, 1.0).flatten(1), num_steps), labels) for images, labels in batches]
+
+    def snn_step(i: int) -> None:
+        spikes, labels = trains[i % len(trains)]
+        loss = nn.functional.cross_entropy(net(spikes), labels)
+        opt_n.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_n.step()
+
+    return snn_step
+
+
+def _batches(batch_size: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    train = load_dataset("mnist", splits=("train",))["train"]
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(train), generator=generator)[: batch_size * count]
+    return [(train.images[idx], train.labels[idx]) for idx in order.split(batch_size)]
+
+
+def time_steps(steps: dict[str, Callable[[int], None]], warmup: int, repeats: int, slow: set[str]) -> dict[str, float]:
+    """Median milliseconds per step, interleaved; configurations in ``slow`` run every 4th round."""
+    for name, step in steps.items():
+        for i in range(warmup if name not in slow else 2):
+            step(i)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(repeats):
+        for name, step in steps.items():
+            if name in slow and r % 4:
+                continue
+            start = time.perf_counter()
+            step(r)
+            times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+_PROBE = """
+import sys
+from pathlib import Path
+from stdbp.bench import make_steps, _batches
+
+def rss(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+
+arch, batch_size, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+batches = _batches(batch_size, 4)
+base = rss("VmRSS:")
+steps = make_steps(arch, batches, (int(name.split("_")[1]),) if name.startswith("snntorch") else (), only=name)
+for i in range(2):
+    steps[name](i)  # compile / load the kernels
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current size
+for i in range(5):
+    steps[name](i)
+print(rss("VmHWM:") - base)
+"""
+
+
+def memory_probe(arch: str, batch_size: int, name: str) -> float:
+    """Peak memory in MiB of ``name``'s training (model, optimizer, step), in a fresh process.
+
+    The peak resident set during training steps, less the resident set after imports and
+    data loading; the kernels are compiled (or loaded from numba's cache) before the peak is reset.
+    """
+    result = subprocess.run([sys.executable, "-c", _PROBE, arch, str(batch_size), name], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory probe for {name} failed: {result.stderr.strip().splitlines()[-1]}")
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def run_bench(archs: tuple[str, ...], batch_sizes: tuple[int, ...], warmup: int = 10, repeats: int = 60, memory: bool = True, snn_steps: tuple[int, ...] = (25, 100)) -> dict[str, Any]:
+    """Measure every (arch, batch size); returns ``{"machine": ..., "results": [...]}``."""
+    results = []
+    for arch in archs:
+        for batch_size in batch_sizes:
+            steps = make_steps(arch, _batches(batch_size, 8), snn_steps)
+            ms = time_steps(steps, warmup, repeats, slow={n for n in steps if n.startswith("snntorch")})
+            row: dict[str, Any] = {
+                "arch": arch,
+                "batch_size": batch_size,
+                "stdbp_step_ms": round(ms["stdbp"], 3),
+                "relu_step_ms": round(ms["relu"], 3),
+                "ratio_vs_relu": round(ms["stdbp"] / ms["relu"], 3),
+                "stdbp_epoch_s": round(ms["stdbp"] * 60000 / batch_size / 1000, 1),
+                "relu_epoch_s": round(ms["relu"] * 60000 / batch_size / 1000, 1),
+            }
+            for name in steps:
+                if name.startswith("snntorch"):
+                    row[f"{name}_step_ms"] = round(ms[name], 3)
+                    row[f"speedup_vs_{name}"] = round(ms[name] / ms["stdbp"], 2)
+            if memory:
+                for name in steps:
+                    row[f"{name}_peak_mib"] = round(memory_probe(arch, batch_size, name), 1)
+                row["memory_ratio_vs_relu"] = round(row["stdbp_peak_mib"] / max(row["relu_peak_mib"], 1e-9), 2)
+            results.append(row)
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+    try:
+        import numba
+
+        machine["numba_threads"] = numba.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    return {"machine": machine, "results": results}
