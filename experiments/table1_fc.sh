@@ -11,7 +11,7 @@ for arch in $ARCHS; do
   for seed in $SEEDS; do
     out=results/table1/mnist-$arch-seed$seed
     mkdir -p "$out"
-    echo "== $arch seed $seed ($(date -u +%FT%TZ), $(nproc) cores)" | tee "$out/train.log"
+    echo "== $arch seed $seed ($(date -u +%FT%TZ), numba threads ${NUMBA_NUM_THREADS:-all})" | tee "$out/train.log"
     /usr/bin/time -v stdbp train --arch "$arch" --epochs "$EPOCHS" --seed "$seed" --out "$out" --force --no-progress \
       2>&1 | tee -a "$out/train.log"
   done
