@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_download(sub)
     _add_bench(sub)
+    from .compare_psp import add_parser as _add_compare_psp
+
+    _add_compare_psp(sub)
     return parser
 
 

@@ -15,9 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ArchitectureError
+from .alpha_psp import AlphaSpikingLinear
 from .layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
 
-__all__ = ["LayerSpec", "parse_arch", "build", "SpikingNetwork"]
+__all__ = ["LayerSpec", "parse_arch", "build", "SpikingNetwork", "NEURONS"]
+
+#: Neuron kernels: the paper's ReL-PSP, and the alpha-PSP neuron of Section 2.
+NEURONS = ("relpsp", "alpha")
 
 
 @dataclass(frozen=True)
@@ -114,11 +118,15 @@ class SpikingNetwork(nn.Module):
     ``(B, N)`` for fully connected layers (and for the input of a fully connected network).
     """
 
-    def __init__(self, arch: str, threshold: float = 1.0, backend: str | None = None) -> None:
+    def __init__(self, arch: str, threshold: float = 1.0, backend: str | None = None, neuron: str = "relpsp", psp_tau: float = 1.0) -> None:
         super().__init__()
+        if neuron not in NEURONS:
+            raise ArchitectureError(f"unknown neuron kernel {neuron!r}; choose one of {', '.join(NEURONS)}")
         self.arch = arch
         self.threshold = threshold
         self.backend = backend
+        self.neuron = neuron
+        self.psp_tau = psp_tau
         specs = parse_arch(arch)
         self.input_shape = specs[0].shape
         self.spatial = any(spec.kind in ("conv", "pool") for spec in specs)
@@ -126,10 +134,16 @@ class SpikingNetwork(nn.Module):
         shape = self.input_shape if self.spatial else (specs[0].size,)  # (C, H, W) while spatial, then (N,)
         for spec in specs[1:]:
             if spec.kind in ("conv", "pool"):
+                if neuron != "relpsp":
+                    raise ArchitectureError(f"the {neuron} neuron has fully connected layers only; {_token(spec)!r} in {arch!r} is not available")
                 layer, shape = _spatial_layer(spec, shape, arch, threshold, backend)
             else:
                 features = int(torch.tensor(shape).prod())
-                layer, shape = SpikingLinear(features, spec.size, threshold=threshold, backend=backend), (spec.size,)
+                if neuron == "alpha":
+                    layer = AlphaSpikingLinear(features, spec.size, threshold=threshold, tau=psp_tau)
+                else:
+                    layer = SpikingLinear(features, spec.size, threshold=threshold, backend=backend)
+                shape = (spec.size,)
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
         self.num_classes = shape[0]
@@ -137,7 +151,7 @@ class SpikingNetwork(nn.Module):
     @property
     def config(self) -> dict:
         """The arguments that rebuild this network (stored in checkpoints)."""
-        return {"arch": self.arch, "threshold": self.threshold}
+        return {"arch": self.arch, "threshold": self.threshold, "neuron": self.neuron, "psp_tau": self.psp_tau}
 
     def _flatten_input(self, t_in: Tensor) -> Tensor:
         """``t_in`` in the shape the first layer takes: ``(B, *input_shape)`` for a spatial network, else ``(B, input_size)``."""
@@ -157,7 +171,7 @@ class SpikingNetwork(nn.Module):
         times = [self._flatten_input(t_in)]
         for layer in self.layers:
             t = times[-1]
-            if isinstance(layer, SpikingLinear) and t.dim() > 2:
+            if isinstance(layer, (SpikingLinear, AlphaSpikingLinear)) and t.dim() > 2:
                 t = t.flatten(1)  # (B, C, H, W) -> (B, C*H*W)
             times.append(layer(t))
         return times
@@ -166,6 +180,10 @@ class SpikingNetwork(nn.Module):
         return self.forward_all(t_in)[-1]
 
 
-def build(arch: str, threshold: float = 1.0, backend: str | None = None) -> SpikingNetwork:
-    """Build a spiking network from the paper's notation, e.g. ``build("784-800-10")``."""
-    return SpikingNetwork(arch, threshold=threshold, backend=backend)
+def build(arch: str, threshold: float = 1.0, backend: str | None = None, neuron: str = "relpsp", psp_tau: float = 1.0) -> SpikingNetwork:
+    """Build a spiking network from the paper's notation, e.g. ``build("784-800-10")``.
+
+    ``neuron="alpha"`` builds the same fully connected network of alpha-PSP neurons (eq. 2, time
+    constant ``psp_tau``) trained by SpikeProp gradients (eqs. 4-7), for the Section 2 comparison.
+    """
+    return SpikingNetwork(arch, threshold=threshold, backend=backend, neuron=neuron, psp_tau=psp_tau)

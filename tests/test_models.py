@@ -1,0 +1,42 @@
+"""Networks from the paper's notation: parsing, neuron kernels, checkpoints that rebuild them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from stdbp import build, parse_arch
+from stdbp.alpha_psp import AlphaSpikingLinear
+from stdbp.checkpoint import load_model, save_checkpoint
+from stdbp.errors import ArchitectureError
+from stdbp.layers import SpikingLinear
+
+
+def test_fully_connected_notation() -> None:
+    net = build("784-400-10")
+    assert [type(layer) for layer in net.layers] == [SpikingLinear, SpikingLinear]
+    assert net.layers[0].weight.shape == (400, 784) and net.num_classes == 10
+    times = net.forward_all(torch.rand(3, 28, 28))
+    assert [tuple(t.shape) for t in times] == [(3, 784), (3, 400), (3, 10)]
+
+
+@pytest.mark.parametrize("arch, token", [("784--10", "''"), ("784-abc-10", "abc"), ("0-10", "0"), ("784-8C0-10", "8C0"), ("x-10", "x")])
+def test_unparsable_names_the_token(arch: str, token: str) -> None:
+    with pytest.raises(ArchitectureError, match=token):
+        parse_arch(arch)
+
+
+def test_alpha_neuron_network_and_round_trip(tmp_path: Path) -> None:
+    net = build("784-30-10", neuron="alpha", psp_tau=0.5)
+    assert all(isinstance(layer, AlphaSpikingLinear) and layer.tau == 0.5 for layer in net.layers)
+    save_checkpoint(tmp_path / "a.pt", net)
+    again = load_model(tmp_path / "a.pt")
+    assert again.neuron == "alpha" and again.psp_tau == 0.5
+    t = torch.rand(2, 784)
+    torch.testing.assert_close(again(t), net(t))
+    with pytest.raises(ArchitectureError, match="6C5"):
+        build("28x28-6C5-10", neuron="alpha")
+    with pytest.raises(ArchitectureError, match="unknown neuron"):
+        build("784-10", neuron="lif")
