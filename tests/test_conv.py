@@ -20,6 +20,8 @@ from stdbp import functional as F
 from stdbp.errors import ArchitectureError
 from stdbp.layers import EarliestSpikePool2d, SpikingConv2d
 
+from .oracles import relpsp_conv2d_brute_force
+
 INF = float("inf")
 
 # (stride, padding) pairs, as accepted by conv2d
@@ -39,45 +41,6 @@ def _case(
     fan_in = c_in * kernel * kernel
     w = torch.randn(c_out, c_in, kernel, kernel, generator=g, dtype=torch.float64) * (2.0 / math.sqrt(fan_in)) + 3.0 / fan_in
     return t.to(dtype), w.to(dtype)
-
-
-def _brute_force(t: np.ndarray, w: np.ndarray, threshold: float, stride: tuple[int, int], padding: tuple[int, int]) -> np.ndarray:
-    """First threshold crossing of V(t) = sum w max(0, t - t_i) over each explicit receptive field, in float64.
-
-    V is evaluated at every distinct input time of the field; on the segment after ``u_k`` it
-    rises with slope ``sum_{t_i <= u_k} w_i``, so a crossing there is at
-    ``u_k + (theta - V(u_k)) / slope`` if that is no later than the next input time.
-    """
-    batch, c_in, height, width = t.shape
-    c_out, _, k_h, k_w = w.shape
-    h_out = (height + 2 * padding[0] - k_h) // stride[0] + 1
-    w_out = (width + 2 * padding[1] - k_w) // stride[1] + 1
-    out = np.full((batch, c_out, h_out, w_out), np.inf)
-    for b in range(batch):
-        for oy in range(h_out):
-            for ox in range(w_out):
-                times, rows = [], []
-                for ky in range(k_h):
-                    for kx in range(k_w):
-                        y, x = oy * stride[0] - padding[0] + ky, ox * stride[1] - padding[1] + kx
-                        if 0 <= y < height and 0 <= x < width:
-                            for c in range(c_in):
-                                if np.isfinite(t[b, c, y, x]):
-                                    times.append(t[b, c, y, x])
-                                    rows.append(w[:, c, ky, kx])
-                if not times:
-                    continue
-                ti, wi = np.array(times), np.array(rows)  # (n,), (n, C_out)
-                u = np.unique(ti)
-                for co in range(c_out):
-                    for k, uk in enumerate(u):
-                        v = float(np.sum(wi[:, co] * np.maximum(0.0, uk - ti)))
-                        slope = float(np.sum(wi[ti <= uk, co]))
-                        nxt = u[k + 1] if k + 1 < len(u) else np.inf
-                        if slope > 0 and uk + (threshold - v) / slope <= nxt:
-                            out[b, co, oy, ox] = uk + (threshold - v) / slope
-                            break
-    return out
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -117,7 +80,7 @@ def test_against_brute_force(backend, stride, padding):
     for seed in range(2):
         t, w = _case(10 + seed, torch.float64)
         out = F.relpsp_conv2d(t, w, 0.7, stride, padding, backend=backend).numpy()
-        expected = _brute_force(t.numpy(), w.numpy(), 0.7, _pair(stride), _pair(padding))
+        expected = relpsp_conv2d_brute_force(t.numpy(), w.numpy(), 0.7, _pair(stride), _pair(padding))
         assert np.array_equal(np.isfinite(out), np.isfinite(expected))
         fired = np.isfinite(expected)
         np.testing.assert_allclose(out[fired], expected[fired], rtol=1e-9, atol=0)
