@@ -78,7 +78,7 @@ class _RelpspLinearNumba(torch.autograd.Function):
         grad_t = grad_w = None
         if ctx.needs_input_grad[1]:
             grad_w_t = np.zeros_like(w_t)
-            n_blocks = max(1, min(numba.get_num_threads(), w_t.shape[1] // 16))
+            n_blocks = max(1, min(numba.get_num_threads(), w_t.shape[1] // 16))  # wide blocks: fewer per-block passes
             numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_blocks, grad_w_t)
             grad_w = torch.from_numpy(grad_w_t).t()
         if ctx.needs_input_grad[0]:
