@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare_psp import add_parser as _add_compare_psp
 
     _add_compare_psp(sub)
+    from .analysis import add_parser as _add_analyze
+
+    _add_analyze(sub)
+    from .reproduce import add_parser as _add_reproduce
+
+    _add_reproduce(sub)
     return parser
 
 
