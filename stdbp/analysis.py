@@ -384,7 +384,7 @@ def analyze_checkpoint(
         raise StdbpError(f"{checkpoint} holds a {model.neuron}-PSP network; the event simulator runs ReL-PSP networks only")
     dataset = dataset or trained.get("dataset", "mnist")
     test = load_dataset(dataset, data_dir, splits=("test",))["test"]
-    model._flatten_input(test.images[:1].unsqueeze(1).double())  # the data must fit the architecture
+    model.shape_input(test.images[:1].unsqueeze(1).double())  # the data must fit the architecture
     result = analyze(model, test, trained.get("t_max", 1.0), limit, t_end, progress=progress)
     result.update(checkpoint=str(checkpoint), dataset=dataset)
     out = Path(out)

@@ -1,4 +1,4 @@
-"""The ``stdbp`` command: ``stdbp train``, ``stdbp eval``, ``stdbp download``.
+"""The ``stdbp`` command: ``train``, ``eval``, ``download``, ``bench``, ``compare-psp``, ``analyze``, ``reproduce``.
 
 User errors (bad files, bad options, bad architectures) print one line and exit with status 2.
 """
@@ -118,7 +118,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, arch=args.arch)
     model.eval()
     test = load_dataset(dataset, args.data_dir, splits=("test",))["test"]
-    model._flatten_input(test.images[:1].unsqueeze(1).float())
+    model.shape_input(test.images[:1].unsqueeze(1).float())
     result = evaluate(model, test, t_max=trained.get("t_max", 1.0), progress=not args.json and sys.stderr.isatty())
     report = {"accuracy": result["accuracy"], "dataset": dataset, "arch": model.arch, "n": result["n"], "silent": result["silent"], "checkpoint": str(args.checkpoint)}
     if args.json:

@@ -393,7 +393,7 @@ def compare_psp(
         )
     data = load_dataset("mnist")
     train, test = data["train"], data["test"]
-    relpsp._flatten_input(encode(train.images[:1], config.t_max))  # the data must fit the architecture
+    relpsp.shape_input(encode(train.images[:1], config.t_max))  # the data must fit the architecture
     if config.train_limit:
         train = Split(train.images[: config.train_limit], train.labels[: config.train_limit])
     if config.test_limit:

@@ -153,7 +153,7 @@ class SpikingNetwork(nn.Module):
         """The arguments that rebuild this network (stored in checkpoints)."""
         return {"arch": self.arch, "threshold": self.threshold, "neuron": self.neuron, "psp_tau": self.psp_tau}
 
-    def _flatten_input(self, t_in: Tensor) -> Tensor:
+    def shape_input(self, t_in: Tensor) -> Tensor:
         """``t_in`` in the shape the first layer takes: ``(B, *input_shape)`` for a spatial network, else ``(B, input_size)``."""
         size = int(torch.tensor(self.input_shape).prod())
         if self.spatial:
@@ -168,7 +168,7 @@ class SpikingNetwork(nn.Module):
 
     def forward_all(self, t_in: Tensor) -> list[Tensor]:
         """Spike times of every layer, input first: ``[t_0, t_1, ...]``, shapes as in the class docstring."""
-        times = [self._flatten_input(t_in)]
+        times = [self.shape_input(t_in)]
         for layer in self.layers:
             t = times[-1]
             if isinstance(layer, (SpikingLinear, AlphaSpikingLinear)) and t.dim() > 2:

@@ -167,7 +167,7 @@ def train(
         train_split = Split(train_split.images[: config.train_limit], train_split.labels[: config.train_limit])
     torch.manual_seed(config.seed)
     model = build(config.arch, threshold=config.threshold)
-    model._flatten_input(encode(train_split.images[:1], config.t_max))  # the data must fit the architecture
+    model.shape_input(encode(train_split.images[:1], config.t_max))  # the data must fit the architecture
     if not resume:
         _prepare_run_dir(out, force)
     atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
