@@ -87,3 +87,12 @@ def test_bad_budget_and_pretrained_dir(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["reproduce", "--out", str(tmp_path), "--pretrained", str(tmp_path / "missing")]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all(line.startswith("stdbp: error:") for line in errors)
+
+
+def test_the_quick_command_as_users_run_it(tmp_path: Path) -> None:
+    """`stdbp reproduce --quick` exactly as documented (full MNIST test set, the --quick budget): about a minute."""
+    out = tmp_path / "quick"
+    assert main(["reproduce", "--quick", "--out", str(out), "--no-progress"]) == 0
+    report = (out / "report.md").read_text()
+    assert "quick" in report.lower() and "98.4" in report and "66.3" in report
+    assert all((out / link).exists() for link in re.findall(r"\]\(([^)]+\.png)\)", report))
