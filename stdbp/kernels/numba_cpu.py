@@ -127,15 +127,16 @@ def _scan_narrow(times, order, count, weight_t, threshold, nc, s_fire, q_fire): 
 def _scan_wide(times, order, count, weight_t, threshold, nc, s_fire, q_fire):  # pragma: no cover - compiled
     """Scan for a wide layer, branch-free so that it vectorises.
 
-    The hot loop writes only ``s``, ``q`` and the causal length (few enough arrays for LLVM's
-    alias checks); a second pass over each neuron's causal prefix recovers its ``s`` and ``q``
-    at firing, as the same sums in the same order.
+    The loop writes only ``s``, ``q`` and the causal length (few enough arrays for LLVM's alias
+    checks). A neuron's ``s`` and ``q`` stop changing once it has fired (its inputs are
+    multiplied by 0), so at the end they are its values at firing.
     """
     n_out = nc.shape[0]
     zero = np.zeros(1, dtype=times.dtype)[0]
+    one = np.ones(1, dtype=times.dtype)[0]
     inf = np.full(1, np.inf, dtype=times.dtype)[0]
-    s = np.zeros(n_out, dtype=times.dtype)
-    q = np.zeros(n_out, dtype=times.dtype)
+    s, q = s_fire, q_fire
+    k_cast = np.zeros(1, dtype=times.dtype)  # k as the array dtype: zero + k would be float64
     k = 0
     since_check = 0
     while k < count:
@@ -145,32 +146,28 @@ def _scan_wide(times, order, count, weight_t, threshold, nc, s_fire, q_fire):  #
         t_next = times[k] if k < count else inf
         if t_next == t_k:
             for j in range(n_out):
-                s[j] += row[j]
-                q[j] += row[j] * t_k
+                w = row[j] * (nc[j] == zero)
+                s[j] += w
+                q[j] += w * t_k
             continue
-        kf = zero + k
+        k_cast[0] = k
+        kf = k_cast[0]
         for j in range(n_out):
-            sj = s[j] + row[j]
-            qj = q[j] + row[j] * t_k
+            active = nc[j] == zero
+            w = row[j] * active
+            sj = s[j] + w
+            qj = q[j] + w * t_k
             s[j] = sj
             q[j] = qj
-            nc[j] += kf * ((nc[j] == zero) & (sj > zero) & (threshold + qj <= t_next * sj))
+            nc[j] += kf * (active & (sj > zero) & (threshold + qj <= t_next * sj))
         since_check += 1
         if since_check == 8:
             since_check = 0
-            silent = 0
+            silent = zero
             for j in range(n_out):
-                silent += nc[j] == zero
-            if silent == 0:
+                silent += one * (nc[j] == zero)
+            if silent == zero:
                 break
-    for kk in range(k):
-        t_k = times[kk]
-        row = weight_t[order[kk]]
-        kf = zero + kk
-        for j in range(n_out):
-            m = row[j] * (kf < nc[j])
-            s_fire[j] += m
-            q_fire[j] += m * t_k
 
 
 @njit(parallel=True, cache=True)
@@ -248,6 +245,7 @@ def relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n
         a = np.empty(width, dtype=times.dtype)
         t_j = np.empty(width, dtype=times.dtype)
         nc = np.empty(width, dtype=times.dtype)
+        k_cast = np.zeros(1, dtype=times.dtype)  # k as the array dtype: zero + k would be float64
         for b in range(batch):
             longest = zero
             for j in range(width):
@@ -257,7 +255,8 @@ def relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n
                 longest = max(longest, nc[j] if a[j] != zero else zero)
             for k in range(int(longest)):
                 t_i = times[b, k]
-                kf = zero + k
+                k_cast[0] = k
+                kf = k_cast[0]
                 g = grad_weight_t[order[b, k], lo : lo + width]
                 for j in range(width):
                     g[j] += a[j] * (t_i - t_j[j]) * (kf < nc[j])
@@ -276,10 +275,12 @@ def relpsp_linear_backward_input(weight_t, grad_scaled, n_causal, order, n_spike
     for b in prange(batch):
         a = grad_scaled[b].copy()
         nc = n_causal[b].copy()
+        k_cast = np.zeros(1, dtype=grad_in.dtype)
         for k in range(n_spikes[b]):
             i = order[b, k]
             row = weight_t[i]
-            kf = zero + k
+            k_cast[0] = k
+            kf = k_cast[0]
             acc = zero
             for j in range(n_out):
                 acc += a[j] * row[j] * (kf < nc[j])
