@@ -296,8 +296,9 @@ def _train_kernel(
                 optimizer.step()
                 loss_sum += loss.item() * len(index)
                 seen += len(index)
-            else:  # skip the update and count it
+            else:  # skip the update and count it; a skipped step has no gradient norm
                 nonfinite += 1
+                norm = math.nan
             norms.append(norm)
             losses.append(loss.item())
             undecided.append(float(torch.isinf(t_out.detach()).all(dim=1).double().mean()))

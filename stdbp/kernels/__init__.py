@@ -74,7 +74,8 @@ class _RelpspLinearNumba(torch.autograd.Function):
         from . import numba_cpu
 
         times, w_t, anchor, inv_slope, n_causal, order, n_spikes = ctx.scan
-        grad_scaled = np.ascontiguousarray(grad_out.detach().numpy() * inv_slope)
+        with np.errstate(invalid="ignore", over="ignore"):  # extreme slopes: saturated by stdbp.functional
+            grad_scaled = np.ascontiguousarray(grad_out.detach().numpy() * inv_slope)
         grad_t = grad_w = None
         if ctx.needs_input_grad[1]:
             grad_w_t = np.zeros_like(w_t)
@@ -136,7 +137,8 @@ class _RelpspConv2dNumba(torch.autograd.Function):
         c_in, h_in, w_in, k_h, k_w = geometry[:5]
         batch = anchor.shape[0]
         grad_hwc = grad_out.detach().permute(0, 2, 3, 1).reshape(anchor.shape).numpy()  # (B, H_out*W_out*C_out)
-        grad_scaled = np.ascontiguousarray(grad_hwc * inv_slope)
+        with np.errstate(invalid="ignore", over="ignore"):  # extreme slopes: saturated by stdbp.functional
+            grad_scaled = np.ascontiguousarray(grad_hwc * inv_slope)
         grad_in = np.zeros(times.shape, dtype=times.dtype)
         grad_w_partial = np.empty((batch, *weight_f.shape), dtype=times.dtype)
         numba_conv.relpsp_conv2d_backward(weight_f, grad_scaled, anchor, n_causal, order, times, n_spikes, geometry, grad_in, grad_w_partial)
