@@ -16,39 +16,50 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def load_runs(roots: list[Path]) -> dict[tuple[str, str], list[dict]]:
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+def load_runs(roots: list[Path]) -> dict[tuple[str, str, int], list[dict]]:
+    groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for root in roots:
         for metrics in sorted(root.glob("*/metrics.jsonl")):
             config = json.loads((metrics.parent / "config.json").read_text())
             rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             if not rows or rows[-1]["epoch"] != config["epochs"]:
                 continue  # unfinished
-            groups[(config["dataset"], config["arch"])].append({"config": config, "rows": rows, "dir": metrics.parent})
+            groups[(config["dataset"], config["arch"], config["epochs"])].append({"config": config, "rows": rows, "dir": metrics.parent})
     return groups
 
 
-def command(config: dict) -> str:
-    flags = f"--arch {config['arch']} --epochs {config['epochs']} --seed {config['seed']}"
+def command(config: dict, run_dir: Path) -> str:
+    """The command that made a run; a run extended with --resume says so (its log has the first part)."""
+    first = (run_dir / "train.log").read_text().split("== resume", 1) if (run_dir / "train.log").exists() else [""]
+    epochs = config["epochs"]
+    if len(first) > 1:  # resumed: the first part ran for the epochs its log shows
+        epochs = sum(1 for line in first[0].splitlines() if line.startswith("epoch "))
+    flags = f"--arch {config['arch']} --epochs {epochs} --seed {config['seed']}"
     if config["dataset"] != "mnist":
         flags += f" --dataset {config['dataset']}"
-    return f"stdbp train {flags}"
+    cmd = f"stdbp train {flags}"
+    if len(first) > 1:
+        cmd += f"`, then `stdbp train --resume RUN_DIR --epochs {config['epochs']}"
+    return cmd
 
 
 def main(argv: list[str]) -> int:
     roots = [Path(a) for a in argv] or [Path("results/table1")]
-    print("| dataset | network | seeds | test accuracy % (mean ± std) | min-max % | epochs | wall time per run | s/epoch | non-finite steps | command (per seed) |")
+    print("| dataset | network | seeds | test accuracy % (mean ± std) | min-max % | epochs | wall time per run | s/epoch | non-finite steps | command |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for (dataset, arch), runs in sorted(load_runs(roots).items()):
+    for (dataset, arch, _), runs in sorted(load_runs(roots).items()):
         accs = [100 * run["rows"][-1]["test_accuracy"] for run in runs]
         walls = [sum(r["seconds"] for r in run["rows"]) for run in runs]
         epochs = runs[0]["config"]["epochs"]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         nonfinite = sum(run["rows"][-1]["nonfinite_steps"] for run in runs)
         seeds = ",".join(str(run["config"]["seed"]) for run in runs)
-        cmd = command(runs[0]["config"]).replace(f"--seed {runs[0]['config']['seed']}", "--seed S")
+        cmd = command(runs[0]["config"], runs[0]["dir"])
+        if len(runs) > 1:
+            cmd = cmd.replace(f"--seed {runs[0]['config']['seed']}", "--seed S")
         print(
-            f"| {dataset} | {arch} | {seeds} | {statistics.mean(accs):.2f} ± {std:.2f} | {min(accs):.2f}-{max(accs):.2f} | "
+            f"| {dataset} | {arch} | {seeds} | {statistics.mean(accs):.2f}" + (f" ± {std:.2f}" if len(accs) > 1 else " (1 seed)")
+            + f" | {min(accs):.2f}-{max(accs):.2f} | "
             f"{epochs} | {statistics.mean(walls) / 60:.1f} min | {statistics.mean(walls) / epochs:.1f} | {nonfinite} | `{cmd}` |"
         )
     return 0
