@@ -115,52 +115,37 @@ def make_steps(
     return steps
 
 
-def _stdbp_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], None]:
-    spiking = build(arch)
-    opt_s = torch.optim.Adam(spiking.parameters(), lr=1e-3, fused=True)
-    coded = [(encode(images, 1.0), labels) for images, labels in batches]
+def _adam_step(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], loss_fn: Callable) -> Callable[[int], None]:
+    """A training step of ``model`` on ``data[i % len(data)]``: forward, loss, backward, fused Adam."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 
-    def stdbp_step(i: int) -> None:
-        t_in, labels = coded[i % len(coded)]
-        loss = first_spike_cross_entropy(spiking(t_in), labels, tau=0.05)
-        opt_s.zero_grad(set_to_none=True)
+    def step(i: int) -> None:
+        x, labels = data[i % len(data)]
+        loss = loss_fn(model(x), labels)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        opt_s.step()
+        optimizer.step()
 
-    return stdbp_step
+    return step
+
+
+def _stdbp_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], None]:
+    coded = [(encode(images, 1.0), labels) for images, labels in batches]
+    return _adam_step(build(arch), coded, lambda t_out, labels: first_spike_cross_entropy(t_out, labels, tau=0.05))
 
 
 def _relu_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], None]:
-    relu = relu_network(arch)
-    opt_r = torch.optim.Adam(relu.parameters(), lr=1e-3, fused=True)
     spatial = len(parse_arch(arch)[0].shape) == 3
     floats = [((images.float() / 255).unsqueeze(1) if spatial else (images.float() / 255).flatten(1), labels) for images, labels in batches]
-
-    def relu_step(i: int) -> None:
-        x, labels = floats[i % len(floats)]
-        loss = nn.functional.cross_entropy(relu(x), labels)
-        opt_r.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_r.step()
-
-    return relu_step
+    return _adam_step(relu_network(arch), floats, nn.functional.cross_entropy)
 
 
 def _snntorch_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]], num_steps: int) -> Callable[[int], None] | None:
     net = snntorch_network(arch, num_steps)
     if net is None:
         return None
-    opt_n = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
     trains = [(latency_spike_train(encode(images, 1.0).flatten(1), num_steps), labels) for images, labels in batches]
-
-    def snn_step(i: int) -> None:
-        spikes, labels = trains[i % len(trains)]
-        loss = nn.functional.cross_entropy(net(spikes), labels)
-        opt_n.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_n.step()
-
-    return snn_step
+    return _adam_step(net, trains, nn.functional.cross_entropy)
 
 
 def _batches(batch_size: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

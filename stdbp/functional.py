@@ -65,6 +65,15 @@ def check_spike_times(t: Tensor, name: str = "t_in") -> None:
         raise ValueError(f"{name} contains {bad} spike times; times must be >= 0, or +inf for no spike")
 
 
+def _check_dtypes_threshold_times(t_in: Tensor, weight: Tensor, threshold: float) -> None:
+    """The checks that every ReL-PSP layer function makes after its shape checks."""
+    if t_in.dtype not in (torch.float32, torch.float64) or weight.dtype != t_in.dtype:
+        raise ValueError(f"t_in and weight must both be float32 or both float64, got {t_in.dtype} and {weight.dtype}")
+    if not (threshold > 0 and threshold < float("inf")):
+        raise ValueError(f"threshold must be a positive finite number, got {threshold}")
+    check_spike_times(t_in)
+
+
 def relpsp_linear(t_in: Tensor, weight: Tensor, threshold: float = 1.0, backend: str | None = None) -> Tensor:
     """First-spike times of a layer of ReL-PSP neurons (eq. 12), differentiable by eqs. 14-15.
 
@@ -91,11 +100,7 @@ def relpsp_linear(t_in: Tensor, weight: Tensor, threshold: float = 1.0, backend:
             f"shape mismatch: t_in has {t_in.shape[1]} input neurons but weight expects {weight.shape[1]} "
             f"(weight is (out_features, in_features) = {tuple(weight.shape)})"
         )
-    if t_in.dtype not in (torch.float32, torch.float64) or weight.dtype != t_in.dtype:
-        raise ValueError(f"t_in and weight must both be float32 or both float64, got {t_in.dtype} and {weight.dtype}")
-    if not (threshold > 0 and threshold < float("inf")):
-        raise ValueError(f"threshold must be a positive finite number, got {threshold}")
-    check_spike_times(t_in)
+    _check_dtypes_threshold_times(t_in, weight, threshold)
     return relpsp_linear_kernel(_saturating(t_in), _saturating(weight), float(threshold), backend)
 
 
@@ -148,16 +153,12 @@ def relpsp_conv2d(
             f"shape mismatch: t_in has {t_in.shape[1]} channels but weight expects {weight.shape[1]} "
             f"(weight is (out_channels, in_channels, kH, kW) = {tuple(weight.shape)})"
         )
-    if t_in.dtype not in (torch.float32, torch.float64) or weight.dtype != t_in.dtype:
-        raise ValueError(f"t_in and weight must both be float32 or both float64, got {t_in.dtype} and {weight.dtype}")
-    if not (threshold > 0 and threshold < float("inf")):
-        raise ValueError(f"threshold must be a positive finite number, got {threshold}")
+    _check_dtypes_threshold_times(t_in, weight, threshold)
     stride_hw = _pair(stride, "stride", 1)
     padding_hw = _pair(padding, "padding", 0)
     for axis, size, kernel, pad in zip(("height", "width"), t_in.shape[2:], weight.shape[2:], padding_hw):
         if kernel < 1 or size + 2 * pad < kernel:
             raise ValueError(f"kernel {kernel} does not fit the input {axis} {size} with padding {pad}")
-    check_spike_times(t_in)
     return relpsp_conv2d_kernel(_saturating(t_in), _saturating(weight), float(threshold), stride_hw, padding_hw, backend)
 
 

@@ -1,0 +1,35 @@
+"""stdbp bench: the JSON it prints, and the same-shape ReLU network it measures against."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stdbp.bench import relu_network
+from stdbp.cli import main
+
+
+def test_bench_json_keys(capsys: pytest.CaptureFixture) -> None:
+    argv = ["bench", "--arch", "784-20-10", "--batch-size", "8", "--repeats", "3", "--warmup", "1", "--snn-steps", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["machine"]["cores"] >= 1
+    (row,) = report["results"]
+    for key in ("arch", "batch_size", "stdbp_step_ms", "relu_step_ms", "ratio_vs_relu", "stdbp_peak_mib", "relu_peak_mib", "memory_ratio_vs_relu"):
+        assert key in row, key
+    assert row["arch"] == "784-20-10" and row["batch_size"] == 8
+    assert row["stdbp_step_ms"] > 0 and row["ratio_vs_relu"] == pytest.approx(row["stdbp_step_ms"] / row["relu_step_ms"], rel=1e-2)
+
+
+def test_relu_network_has_the_spiking_shape() -> None:
+    net = relu_network("28x28-6C5-P2-16C5-P2-1024-128-10")
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    shapes = [tuple(m.weight.shape) for m in net if hasattr(m, "weight")]
+    assert shapes == [(6, 1, 5, 5), (16, 6, 5, 5), (1024, 256), (128, 1024), (10, 128)]
+
+
+def test_bench_rejects_bad_options(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "--arch", "784-x-10"]) == 2
+    assert main(["bench", "--arch", "784-20-10", "--repeats", "0"]) == 2
