@@ -19,8 +19,9 @@ from stdbp.checkpoint import load_checkpoint, load_model, save_checkpoint
 from stdbp.models import build
 from stdbp.train import TrainConfig, train
 
-ARGS = ["--arch", "784-30-10", "--train-limit", "640", "--batch-size", "32", "--epochs", "2", "--seed", "3", "--checkpoint-every", "4", "--no-progress"]
-STEPS = 2 * 640 // 32
+# 400 steps: long enough that a kill aimed at a step in the first epoch lands before the end on a fast machine
+ARGS = ["--arch", "784-30-10", "--train-limit", "6400", "--batch-size", "32", "--epochs", "2", "--seed", "3", "--checkpoint-every", "4", "--no-progress"]
+STEPS = 2 * 6400 // 32
 
 
 def _stdbp(*argv: str) -> subprocess.Popen:
@@ -56,15 +57,15 @@ def _wait_for_step(run: Path, proc: subprocess.Popen, min_step: int) -> None:
             except Exception:  # being replaced right now: try again
                 pass
         assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.05)
+        time.sleep(0.01)
     raise AssertionError("training never reached the step")
 
 
 def test_kill_9_loses_at_most_the_last_checkpoint_interval_and_resumes_bitwise(uninterrupted: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = _stdbp("train", *ARGS, "--out", str(run))
-    _wait_for_step(run, proc, random.Random(0).randint(4, STEPS - 8))
-    time.sleep(random.Random(1).uniform(0, 0.3))
+    _wait_for_step(run, proc, random.Random(0).randint(4, STEPS // 2 - 20))
+    time.sleep(random.Random(1).uniform(0, 0.02))
     proc.kill()  # SIGKILL: no chance to save
     proc.wait()
     saved = load_checkpoint(run / "checkpoint.pt")["step"]
