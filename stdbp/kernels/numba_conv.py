@@ -93,6 +93,23 @@ def _grad_run(a, t_j, nc, w, g, t_i, kf, zero):  # pragma: no cover - compiled
     return acc
 
 
+@njit(cache=True, inline="always")
+def _spike_reach(idx, plane, w_in, geometry, c_out):  # pragma: no cover - compiled
+    """Where input ``idx`` (flat ``c*H*W + y*W + x``) lands: its ``(c, y, x)``, the output rows and
+    columns whose receptive field holds it, and how the scan walks them. With stride 1 it is one
+    run over ``(ox, c_out)`` per row ``oy``; otherwise one run over ``c_out`` per ``(oy, ox)``.
+    """
+    _, _, _, k_h, k_w, stride_h, stride_w, pad_h, pad_w, h_out, w_out = geometry
+    c = idx // plane
+    y = (idx - c * plane) // w_in
+    x = idx - c * plane - y * w_in
+    oy_lo, oy_hi = _field_range(y, pad_h, stride_h, k_h, h_out)
+    ox_lo, ox_hi = _field_range(x, pad_w, stride_w, k_w, w_out)
+    n_runs = 1 if stride_w == 1 else ox_hi - ox_lo + 1
+    run = (ox_hi - ox_lo + 1) * c_out if stride_w == 1 else c_out
+    return c, y, x, oy_lo, oy_hi, ox_lo, ox_hi, n_runs, run
+
+
 @njit(parallel=True, cache=True)
 def relpsp_conv2d_forward(t_flat, keys, use_radix, weight_f, threshold, geometry, t_out, anchor, inv_slope, n_causal, order, times, n_spikes):  # pragma: no cover - compiled
     """Forward scan.
@@ -138,16 +155,9 @@ def relpsp_conv2d_forward(t_flat, keys, use_radix, weight_f, threshold, geometry
             t = times[b, k]
             kbuf[0] = k
             kf = kbuf[0]
-            c = idx // plane
-            y = (idx - c * plane) // w_in
-            x = idx - c * plane - y * w_in
-            oy_lo, oy_hi = _field_range(y, pad_h, stride_h, k_h, h_out)
-            ox_lo, ox_hi = _field_range(x, pad_w, stride_w, k_w, w_out)
+            c, y, x, oy_lo, oy_hi, ox_lo, ox_hi, n_runs, run = _spike_reach(idx, plane, w_in, geometry, c_out)
             if ox_hi < ox_lo:
                 continue
-            # Stride 1: one run over (ox, co) per row oy; otherwise one run over co per (oy, ox).
-            n_runs = 1 if stride_w == 1 else ox_hi - ox_lo + 1
-            run = (ox_hi - ox_lo + 1) * c_out if stride_w == 1 else c_out
             for oy in range(oy_lo, oy_hi + 1):
                 latest[oy * w_out + ox_lo : oy * w_out + ox_hi + 1] = t  # spikes come in time order
                 w_row = weight_f[c * k_h + y + pad_h - oy * stride_h]
@@ -199,15 +209,9 @@ def relpsp_conv2d_backward(weight_f, grad_scaled, anchor, n_causal, order, times
             t_i = times[b, k]
             kbuf[0] = k
             kf = kbuf[0]
-            c = idx // plane
-            y = (idx - c * plane) // w_in
-            x = idx - c * plane - y * w_in
-            oy_lo, oy_hi = _field_range(y, pad_h, stride_h, k_h, h_out)
-            ox_lo, ox_hi = _field_range(x, pad_w, stride_w, k_w, w_out)
+            c, y, x, oy_lo, oy_hi, ox_lo, ox_hi, n_runs, run = _spike_reach(idx, plane, w_in, geometry, c_out)
             if ox_hi < ox_lo:
                 continue
-            n_runs = 1 if stride_w == 1 else ox_hi - ox_lo + 1
-            run = (ox_hi - ox_lo + 1) * c_out if stride_w == 1 else c_out
             acc = zero
             for oy in range(oy_lo, oy_hi + 1):
                 row = c * k_h + y + pad_h - oy * stride_h
