@@ -191,9 +191,8 @@ def relpsp_linear_forward(t_in, keys, use_radix, weight_t, threshold, t_out, anc
         n_spikes: ``(B,)`` int32 number of spiking inputs (written).
 
     Each neuron keeps ``s = sum w`` and ``q = sum w t`` over the inputs seen so far; it fires in
-    ``(t_k, t_next]`` when ``threshold + q <= t_next * s`` with ``s > 0``. The hot loop only
-    writes ``s``, ``q`` and the causal length (few enough arrays for LLVM to vectorise it); a
-    second pass over each neuron's causal prefix recovers its ``s`` and ``q`` at firing.
+    ``(t_k, t_next]`` when ``threshold + q <= t_next * s`` with ``s > 0``, at
+    ``(threshold + q) / s``. Narrow layers use :func:`_scan_narrow`, wide ones :func:`_scan_wide`.
     """
     batch, n_in = t_in.shape
     n_out = weight_t.shape[1]
