@@ -7,7 +7,6 @@ progress and random-generator states.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import tempfile
@@ -91,9 +90,3 @@ def load_model(path: str | os.PathLike, arch: str | None = None) -> SpikingNetwo
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit architecture {config.get('arch')!r} ({first})") from None
     return model
-
-
-def describe(path: str | os.PathLike) -> str:
-    """A one-line JSON summary of a checkpoint (for logs)."""
-    payload = load_checkpoint(path)
-    return json.dumps({"model": payload["model"], "epoch": payload.get("epoch")})
