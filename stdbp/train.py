@@ -235,15 +235,16 @@ def train(
                 loss = F.first_spike_cross_entropy(t_out, labels, tau=config.tau)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                loss_value = loss.item()
                 # a float64 sum of all gradients is finite exactly when every gradient is (float32 cannot overflow it)
                 grad_total = sum(p.grad.sum(dtype=torch.float64) for p in model.parameters() if p.grad is not None)
-                if math.isfinite(loss.item()) and bool(torch.isfinite(torch.as_tensor(grad_total))):
+                if math.isfinite(loss_value) and bool(torch.isfinite(torch.as_tensor(grad_total))):
                     optimizer.step()
                 else:
                     nonfinite_steps += 1
                 scheduler.step()
                 step += 1
-                running["loss_sum"] += loss.item() * len(labels)
+                running["loss_sum"] += loss_value * len(labels)
                 running["correct"] += float((F.first_spike_decision(t_out.detach()) == labels).sum())
                 running["seen"] += len(labels)
                 bar.update(1)
