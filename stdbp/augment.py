@@ -2,10 +2,44 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["random_shift", "jitter_times"]
+__all__ = ["affine_transform", "random_affine", "random_shift", "jitter_times"]
+
+
+def affine_transform(images: Tensor, angles: Tensor, scales: Tensor) -> Tensor:
+    """Rotate each image of ``(B, H, W)`` about its centre and scale it, bilinear, zeros outside.
+
+    ``angles`` ``(B,)`` are in radians, positive = counter-clockwise as displayed (row 0 at the top);
+    ``scales`` ``(B,)`` > 1 enlarge the content. Integer images (uint8 pixels) come back rounded, same dtype.
+    """
+    batch = images.shape[0]
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    cos, sin = torch.cos(angles) / scales, torch.sin(angles) / scales
+    # maps output coordinates (x right, y down, in [-1, 1]) to input coordinates
+    theta = torch.zeros(batch, 2, 3, dtype=dtype)
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
+    grid = torch.nn.functional.affine_grid(theta, [batch, 1, *images.shape[1:]], align_corners=False)
+    out = torch.nn.functional.grid_sample(images.unsqueeze(1).to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = out.squeeze(1)
+    return out if images.is_floating_point() else out.round().to(images.dtype)
+
+
+def random_affine(images: Tensor, max_degrees: float, max_scale: float, generator: torch.Generator) -> Tensor:
+    """Rotate each image of ``(B, H, W)`` by a uniform angle in ``[-max_degrees, max_degrees]`` and scale it
+    by a uniform factor in ``[1 - max_scale, 1 + max_scale]``; draws nothing when both are 0."""
+    if max_degrees <= 0 and max_scale <= 0:
+        return images
+    batch = images.shape[0]
+    draws = torch.rand(2, batch, generator=generator, dtype=torch.float64) * 2 - 1
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    angles = (draws[0] * math.radians(max_degrees)).to(dtype)
+    scales = (1 + draws[1] * max_scale).to(dtype)
+    return affine_transform(images, angles, scales)
 
 
 def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:

@@ -54,6 +54,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--tau", type=float, help=f"softmax time scale of the loss (default {d.tau})")
     g.add_argument("--jitter", type=float, help=f"std of Gaussian noise on input spike times (default {d.jitter})")
     g.add_argument("--shift", type=int, help=f"random image shifts of up to this many pixels (default {d.shift})")
+    g.add_argument("--rotate", type=float, help=f"random rotations of up to this many degrees (default {d.rotate})")
+    g.add_argument("--scale", type=float, help=f"random scaling by a factor in [1-S, 1+S] (default {d.scale})")
     g.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     g.add_argument("--train-limit", type=int, help="train on the first N training images only")
     g = p.add_argument_group("run directory")

@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from . import functional as F
-from .augment import jitter_times, random_shift
+from .augment import jitter_times, random_affine, random_shift
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .data import Split, load_dataset
 from .encoding import latency_encode
@@ -51,6 +51,8 @@ class TrainConfig:
     t_max: float = 1.0  # latency-coding window
     jitter: float = 0.02  # std of Gaussian noise on input spike times (time units)
     shift: int = 1  # random image shifts of up to this many pixels
+    rotate: float = 0.0  # random rotations of up to this many degrees
+    scale: float = 0.0  # random scaling by a factor in [1 - scale, 1 + scale]
     seed: int = 0
     train_limit: int | None = None  # train on the first N images only (quick runs)
     eval_batch_size: int = 1000
@@ -67,6 +69,8 @@ class TrainConfig:
             (self.t_max > 0, "--t-max must be positive"),
             (self.jitter >= 0, "--jitter must be >= 0"),
             (self.shift >= 0, "--shift must be >= 0"),
+            (0 <= self.rotate <= 180, "--rotate must be between 0 and 180 degrees"),
+            (0 <= self.scale < 1, "--scale must be in [0, 1)"),
             (self.train_limit is None or self.train_limit >= 1, "--train-limit must be at least 1"),
             (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
@@ -228,7 +232,8 @@ def train(
             model.train()
             while step < (epoch + 1) * steps_per_epoch:
                 batch_index = order[(step % steps_per_epoch) * config.batch_size :][: config.batch_size]
-                images = random_shift(train_split.images[batch_index], config.shift, augment_rng)
+                images = random_affine(train_split.images[batch_index], config.rotate, config.scale, augment_rng)
+                images = random_shift(images, config.shift, augment_rng)
                 t_in = jitter_times(encode(images, config.t_max), config.jitter, augment_rng)
                 labels = train_split.labels[batch_index]
                 t_out = model(t_in)

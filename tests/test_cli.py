@@ -71,6 +71,8 @@ def test_refuses_to_overwrite_a_run(run_dir: Path, capsys: pytest.CaptureFixture
         (["train", "--arch", "100-10"], "does not fit"),
         (["train", "--epochs", "0"], "--epochs"),
         (["train", "--lr", "-1"], "--lr"),
+        (["train", "--rotate", "200"], "--rotate"),
+        (["train", "--scale", "1.5"], "--scale"),
         (["train", "--data-dir", "/nonexistent/dir"], "not a directory"),
         (["eval", "/nonexistent/model.pt"], "no checkpoint"),
     ],
