@@ -16,15 +16,26 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def load_runs(roots: list[Path]) -> dict[tuple[str, str, int], list[dict]]:
-    groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+#: options that are part of a run's recipe, with the defaults of `stdbp train`
+RECIPE = {"batch_size": 64, "lr": 0.001, "schedule": "cosine", "tau": 0.05, "threshold": 1.0, "t_max": 1.0, "jitter": 0.02, "shift": 1, "rotate": 0.0, "scale": 0.0}
+
+
+def recipe_flags(config: dict) -> str:
+    """The `stdbp train` flags of the options that differ from the defaults, e.g. ``--shift 2``."""
+    flags = [f"--{key.replace('_', '-')} {config[key]:g}" if isinstance(config[key], float) else f"--{key.replace('_', '-')} {config[key]}"
+             for key, default in RECIPE.items() if config.get(key, default) != default]
+    return " ".join(flags)
+
+
+def load_runs(roots: list[Path]) -> dict[tuple[str, str, int, str], list[dict]]:
+    groups: dict[tuple[str, str, int, str], list[dict]] = defaultdict(list)
     for root in roots:
         for metrics in sorted(root.glob("*/metrics.jsonl")):
             config = json.loads((metrics.parent / "config.json").read_text())
             rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             if not rows or rows[-1]["epoch"] != config["epochs"]:
                 continue  # unfinished
-            groups[(config["dataset"], config["arch"], config["epochs"])].append({"config": config, "rows": rows, "dir": metrics.parent})
+            groups[(config["dataset"], config["arch"], config["epochs"], recipe_flags(config))].append({"config": config, "rows": rows, "dir": metrics.parent})
     return groups
 
 
@@ -37,6 +48,8 @@ def command(config: dict, run_dir: Path) -> str:
     flags = f"--arch {config['arch']} --epochs {epochs} --seed {config['seed']}"
     if config["dataset"] != "mnist":
         flags += f" --dataset {config['dataset']}"
+    if recipe_flags(config):
+        flags += " " + recipe_flags(config)
     cmd = f"stdbp train {flags}"
     if len(first) > 1:
         cmd += f"`, then `stdbp train --resume RUN_DIR --epochs {config['epochs']}"
@@ -47,7 +60,7 @@ def main(argv: list[str]) -> int:
     roots = [Path(a) for a in argv] or [Path("results/table1")]
     print("| dataset | network | seeds | test accuracy % (mean ± std) | min-max % | epochs | wall time per run | s/epoch | non-finite steps | command |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for (dataset, arch, _), runs in sorted(load_runs(roots).items()):
+    for (dataset, arch, _, _), runs in sorted(load_runs(roots).items()):
         accs = [100 * run["rows"][-1]["test_accuracy"] for run in runs]
         walls = [sum(r["seconds"] for r in run["rows"]) for run in runs]
         epochs = runs[0]["config"]["epochs"]

@@ -26,7 +26,7 @@ from .functional import first_spike_cross_entropy
 from .models import build, parse_arch
 from .train import encode
 
-__all__ = ["relu_network", "snntorch_network", "make_steps", "run_bench"]
+__all__ = ["relu_network", "snntorch_network", "make_steps", "run_bench", "tiny_arch"]
 
 DEFAULT_ARCHS = ("784-800-10", "28x28-6C5-P2-16C5-P2-1024-128-10")
 
@@ -172,9 +172,9 @@ def time_steps(steps: dict[str, Callable[[int], None]], warmup: int, repeats: in
 
 
 _PROBE = """
-import sys
+import gc, sys
 from pathlib import Path
-from stdbp.bench import make_steps, _batches
+from stdbp.bench import make_steps, _batches, tiny_arch
 
 def rss(field):
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -182,23 +182,38 @@ def rss(field):
             return int(line.split()[1]) / 1024
 
 arch, batch_size, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+snn = (int(name.split("_")[1]),) if name.startswith("snntorch") else ()
 batches = _batches(batch_size, 4)
-base = rss("VmRSS:")
-steps = make_steps(arch, batches, (int(name.split("_")[1]),) if name.startswith("snntorch") else (), only=name)
+warm = make_steps(tiny_arch(arch), _batches(2, 1), snn, only=name)
 for i in range(2):
-    steps[name](i)  # compile / load the kernels
+    warm[name](i)  # load the code (numba's compiled kernels, PyTorch's lazily initialised ones)
+del warm
+gc.collect()
+base = rss("VmRSS:")
 Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current size
-for i in range(5):
+steps = make_steps(arch, batches, snn, only=name)
+for i in range(6):
     steps[name](i)
 print(rss("VmHWM:") - base)
 """
 
 
-def memory_probe(arch: str, batch_size: int, name: str) -> float:
-    """Peak memory in MiB of ``name``'s training (model, optimizer, step), in a fresh process.
+def tiny_arch(arch: str) -> str:
+    """A network of the same kinds of layers as ``arch``, with one channel or neuron per hidden layer."""
+    tokens = arch.split("-")
+    tiny = [tokens[0]]
+    for token in tokens[1:-1]:
+        tiny.append("1C" + token.split("C")[1] if "C" in token else token if token.startswith("P") else "1")
+    return "-".join([*tiny, tokens[-1]])
 
-    The peak resident set during training steps, less the resident set after imports and
-    data loading; the kernels are compiled (or loaded from numba's cache) before the peak is reset.
+
+def memory_probe(arch: str, batch_size: int, name: str) -> float:
+    """Peak memory in MiB of ``name``'s training (model, optimizer, steps), in a fresh process.
+
+    The peak resident set while the model and optimizer are built and six training steps run,
+    less the resident set before. Code is loaded first (and not counted) by training a tiny
+    network of the same layer kinds (:func:`tiny_arch`): numba's compiled kernels for stdbp,
+    PyTorch's lazily initialised kernels for the others.
     """
     result = subprocess.run([sys.executable, "-c", _PROBE, arch, str(batch_size), name], capture_output=True, text=True)
     if result.returncode != 0:

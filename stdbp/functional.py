@@ -31,31 +31,6 @@ __all__ = [
 ]
 
 
-class _SaturateGradient(torch.autograd.Function):
-    """Identity forward; in the backward pass, a gradient that overflowed its dtype saturates.
-
-    Exact STDBP gradients can exceed the floating-point range when a neuron fires with a causal
-    weight sum near zero (eq. 14 divides by it). Such entries become the dtype's largest finite
-    value with their sign, and an undefined one (``inf - inf``) becomes 0, so that no NaN or inf
-    ever reaches a gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        if bool(torch.isfinite(grad.sum(dtype=torch.float64))):  # cheap; a false alarm only costs the fix below
-            return grad
-        big = torch.finfo(grad.dtype).max
-        return torch.nan_to_num(grad, nan=0.0, posinf=big, neginf=-big)
-
-
-def _saturating(x: Tensor) -> Tensor:
-    return _SaturateGradient.apply(x) if x.requires_grad else x
-
-
 def check_spike_times(t: Tensor, name: str = "t_in") -> None:
     """Raise ``ValueError`` unless every entry of ``t`` is a time ``>= 0`` or ``+inf``."""
     if not t.is_floating_point():
@@ -101,7 +76,7 @@ def relpsp_linear(t_in: Tensor, weight: Tensor, threshold: float = 1.0, backend:
             f"(weight is (out_features, in_features) = {tuple(weight.shape)})"
         )
     _check_dtypes_threshold_times(t_in, weight, threshold)
-    return relpsp_linear_kernel(_saturating(t_in), _saturating(weight), float(threshold), backend)
+    return relpsp_linear_kernel(t_in, weight, float(threshold), backend)
 
 
 def _pair(value: int | tuple[int, int], name: str, minimum: int) -> tuple[int, int]:
@@ -159,7 +134,7 @@ def relpsp_conv2d(
     for axis, size, kernel, pad in zip(("height", "width"), t_in.shape[2:], weight.shape[2:], padding_hw):
         if kernel < 1 or size + 2 * pad < kernel:
             raise ValueError(f"kernel {kernel} does not fit the input {axis} {size} with padding {pad}")
-    return relpsp_conv2d_kernel(_saturating(t_in), _saturating(weight), float(threshold), stride_hw, padding_hw, backend)
+    return relpsp_conv2d_kernel(t_in, weight, float(threshold), stride_hw, padding_hw, backend)
 
 
 def earliest_spike_pool2d(

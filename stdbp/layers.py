@@ -18,6 +18,11 @@ class SpikingLinear(nn.Module):
     Weights are drawn from a normal distribution with a positive mean, so that at the start of
     training most neurons reach threshold within a few time units of their inputs:
     ``mean = weight_mean / in_features``, ``std = weight_std / sqrt(in_features)``.
+
+    ``weight`` is ``(out_features, in_features)`` as in :class:`torch.nn.Linear`, a view of the
+    parameter ``weight_t`` ``(in_features, out_features)``: the scan reads one input's row of
+    weights over all neurons, and a contiguous parameter keeps the fused Adam update on its fast
+    path. State dicts hold ``weight``, as for ``nn.Linear``.
     """
 
     def __init__(
@@ -36,10 +41,22 @@ class SpikingLinear(nn.Module):
         self.weight_mean = weight_mean
         self.weight_std = weight_std
         self.backend = backend
-        # (out, in) as in nn.Linear, stored transposed in memory: the scan reads one input's
-        # row of weights over all neurons, so no copy is needed at each step.
-        self.weight = nn.Parameter(torch.empty(in_features, out_features).t())
+        self.weight_t = nn.Parameter(torch.empty(in_features, out_features))
         self.reset_parameters()
+
+    @property
+    def weight(self) -> Tensor:
+        """``(out_features, in_features)`` view of ``weight_t``."""
+        return self.weight_t.t()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+        weight_t = self.weight_t if keep_vars else self.weight_t.detach()
+        destination[prefix + "weight"] = weight_t.t()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if prefix + "weight" in state_dict:
+            state_dict[prefix + "weight_t"] = state_dict.pop(prefix + "weight").t()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self) -> None:
         with torch.no_grad():

@@ -81,6 +81,16 @@ class TrainConfig:
                 raise StdbpError(message)
 
 
+def _match_optimizer_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Transpose optimizer state saved for a parameter stored the other way round (checkpoints of
+    stdbp 0.1.0 held ``SpikingLinear`` weights as ``(out, in)``; the parameter is now ``weight_t``)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() == 2 and value.shape != param.shape and value.t().shape == param.shape:
+                    optimizer.state[param][key] = value.t().contiguous()
+
+
 def resume_config(run_dir: str | Path) -> TrainConfig:
     """The configuration saved in ``run_dir/checkpoint.pt``."""
     state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
@@ -190,6 +200,7 @@ def train(
     if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
+        _match_optimizer_layout(optimizer)
         scheduler.load_state_dict(state["scheduler"])
         if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             scheduler.T_max = total_steps

@@ -181,3 +181,30 @@ def test_bad_threshold_and_backend() -> None:
         F.relpsp_linear(torch.zeros(1, 2), torch.ones(1, 2), threshold=0.0)
     with pytest.raises(ValueError, match="unknown kernel backend"):
         F.relpsp_linear(torch.zeros(1, 2), torch.ones(1, 2), backend="cuda-magic")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_overflowing_gradients_saturate_on_every_backend(dtype: torch.dtype) -> None:
+    """A neuron whose causal weight sum is tiny fires very late with a huge slope: eq. 14 overflows."""
+    tiny = torch.finfo(dtype).tiny * 4
+    t = torch.tensor([[0.0, 0.5]], dtype=dtype)
+    for backend in BACKENDS:
+        w = torch.tensor([[tiny, 0.0], [1.0, 1.0]], dtype=dtype, requires_grad=True)
+        ti = t.clone().requires_grad_()
+        out = F.relpsp_linear(ti, w, 1.0, backend=backend)
+        assert torch.isfinite(out).all()
+        out.backward(torch.tensor([[1e30, 1.0]], dtype=dtype))
+        assert torch.isfinite(w.grad).all() and torch.isfinite(ti.grad).all()
+        torch.testing.assert_close(w.grad[1], torch.tensor([-0.375, -0.125], dtype=dtype))  # the other neuron is untouched
+        if backend == "numba":  # eq. 14 is -inf here: saturated (the reference's autograd form gives inf - inf -> 0)
+            assert (w.grad[0] == -torch.finfo(dtype).max).all()
+
+
+def test_saturate_in_place() -> None:
+    from stdbp.kernels import numba_cpu
+
+    for dtype in (np.float32, np.float64):
+        big = np.finfo(dtype).max
+        g = np.array([1.0, np.inf, -np.inf, np.nan, -2.0], dtype=dtype)
+        assert numba_cpu.saturate_(g) == 3
+        np.testing.assert_array_equal(g, np.array([1.0, big, -big, 0.0, -2.0], dtype=dtype))

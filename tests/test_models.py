@@ -40,3 +40,28 @@ def test_alpha_neuron_network_and_round_trip(tmp_path: Path) -> None:
         build("28x28-6C5-10", neuron="alpha")
     with pytest.raises(ArchitectureError, match="unknown neuron"):
         build("784-10", neuron="lif")
+
+
+def test_linear_weight_is_a_view_of_a_contiguous_parameter_and_state_dicts_say_weight() -> None:
+    layer = SpikingLinear(6, 4)
+    assert [name for name, _ in layer.named_parameters()] == ["weight_t"] and layer.weight_t.is_contiguous()
+    assert layer.weight.shape == (4, 6) and layer.weight.data_ptr() == layer.weight_t.data_ptr()
+    state = layer.state_dict()
+    assert list(state) == ["weight"] and torch.equal(state["weight"], layer.weight)
+    other = SpikingLinear(6, 4)
+    other.load_state_dict(state)
+    assert torch.equal(other.weight_t, layer.weight_t)
+    with pytest.raises(RuntimeError):
+        SpikingLinear(4, 6).load_state_dict(state)
+
+
+def test_optimizer_state_of_old_layout_is_transposed_on_resume() -> None:
+    from stdbp.train import _match_optimizer_layout
+
+    layer = SpikingLinear(6, 4)
+    optimizer = torch.optim.Adam(layer.parameters())
+    old = torch.randn(4, 6)  # Adam state saved for a (out, in) parameter
+    optimizer.state[layer.weight_t] = {"step": torch.tensor(3.0), "exp_avg": old.clone(), "exp_avg_sq": old.abs()}
+    _match_optimizer_layout(optimizer)
+    state = optimizer.state[layer.weight_t]
+    assert torch.equal(state["exp_avg"], old.t()) and state["exp_avg"].is_contiguous() and state["step"] == 3

@@ -42,11 +42,44 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> str:
     return backend
 
 
+class _SaturateGradient(torch.autograd.Function):
+    """Identity forward; in the backward pass, a gradient that overflowed its dtype saturates.
+
+    Exact STDBP gradients can exceed the floating-point range when a neuron fires with a causal
+    weight sum near zero (eq. 14 divides by it). Such entries become the dtype's largest finite
+    value with their sign, and an undefined one (``inf - inf``) becomes 0, so that no NaN or inf
+    ever reaches a gradient. The reference kernels are wrapped in it; the numba kernels saturate
+    their gradients themselves (``numba_cpu.saturate_``), in place.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        if bool(torch.isfinite(grad.sum(dtype=torch.float64))):  # cheap; a false alarm only costs the fix below
+            return grad
+        big = torch.finfo(grad.dtype).max
+        return torch.nan_to_num(grad, nan=0.0, posinf=big, neginf=-big)
+
+
+def _saturating(x: Tensor) -> Tensor:
+    return _SaturateGradient.apply(x) if x.requires_grad else x
+
+
+def sort_keys(t: np.ndarray) -> np.ndarray:
+    """Integer sort keys of non-negative times: the bit patterns of ``|t|`` (so -0.0 sorts as 0.0)."""
+    return np.abs(t).view(np.int32 if t.dtype == np.float32 else np.int64)
+
+
 class _RelpspLinearNumba(torch.autograd.Function):
     """Autograd wrapper of the numba scan: forward eq. 12, backward eqs. 14-15."""
 
     @staticmethod
     def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float) -> Tensor:  # type: ignore[override]
+        import numba
+
         from . import numba_cpu
 
         t_np = t_in.detach().contiguous().numpy()
@@ -61,9 +94,9 @@ class _RelpspLinearNumba(torch.autograd.Function):
         times = np.empty((batch, n_in), dtype=t_np.dtype)
         n_spikes = np.empty(batch, dtype=np.int32)
         thr = t_np.dtype.type(threshold)
-        use_radix = t_np.dtype == np.float32
-        keys = t_np.view(np.uint32) if use_radix else np.zeros((batch, 1), dtype=np.uint32)
-        numba_cpu.relpsp_linear_forward(t_np, keys, use_radix, w_t, thr, t_out, anchor, inv_slope, n_causal, order, times, n_spikes)
+        n_blocks = -(-n_out // numba_cpu.BLOCK)
+        n_chunks = -(-2 * numba.get_num_threads() // n_blocks)  # (block, chunk) tasks for every thread; a thread's share a block
+        numba_cpu.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, thr, t_out, anchor, inv_slope, n_causal, order, times, n_spikes, n_chunks)
         ctx.scan = (times, w_t, anchor, inv_slope, n_causal, order, n_spikes)
         return torch.from_numpy(t_out)
 
@@ -81,10 +114,12 @@ class _RelpspLinearNumba(torch.autograd.Function):
             grad_w_t = np.zeros_like(w_t)
             n_blocks = max(1, min(numba.get_num_threads(), w_t.shape[1] // 16))  # wide blocks: fewer per-block passes
             numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_blocks, grad_w_t)
+            numba_cpu.saturate_(grad_w_t.reshape(-1))
             grad_w = torch.from_numpy(grad_w_t).t()
         if ctx.needs_input_grad[0]:
             grad_t_np = np.zeros(times.shape, dtype=times.dtype)
             numba_cpu.relpsp_linear_backward_input(w_t, grad_scaled, n_causal, order, n_spikes, grad_t_np)
+            numba_cpu.saturate_(grad_t_np.reshape(-1))
             grad_t = torch.from_numpy(grad_t_np)
         return grad_t, grad_w, None
 
@@ -93,7 +128,7 @@ def relpsp_linear_kernel(t_in: Tensor, weight: Tensor, threshold: float, backend
     """Dispatch ``relpsp_linear`` to a kernel; inputs are assumed valid (see ``stdbp.functional``)."""
     name = resolve_backend(t_in.device, backend)
     if name == "reference":
-        return relpsp_linear_reference(t_in, weight, threshold)
+        return relpsp_linear_reference(_saturating(t_in), _saturating(weight), threshold)
     return _RelpspLinearNumba.apply(t_in, weight, threshold)
 
 
@@ -121,16 +156,14 @@ class _RelpspConv2dNumba(torch.autograd.Function):
         times = np.empty_like(t_flat)
         n_spikes = np.empty(batch, dtype=np.int32)
         geometry = (c_in, h_in, w_in, k_h, k_w, *stride, *padding, h_out, w_out)
-        use_radix = dtype == np.float32
-        keys = t_flat.view(np.uint32) if use_radix else np.zeros((1, 1), dtype=np.uint32)
-        numba_conv.relpsp_conv2d_forward(t_flat, keys, use_radix, weight_f, dtype.type(threshold), geometry, t_out, anchor, inv_slope, n_causal, order, times, n_spikes)
+        numba_conv.relpsp_conv2d_forward(t_flat, sort_keys(t_flat), weight_f, dtype.type(threshold), geometry, t_out, anchor, inv_slope, n_causal, order, times, n_spikes)
         ctx.scan = (weight_f, anchor, inv_slope, n_causal, order, times, n_spikes)
         ctx.geometry = geometry
         return torch.from_numpy(t_out).view(batch, h_out, w_out, c_out).permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        from . import numba_conv
+        from . import numba_conv, numba_cpu
 
         weight_f, anchor, inv_slope, n_causal, order, times, n_spikes = ctx.scan
         geometry = ctx.geometry
@@ -142,12 +175,12 @@ class _RelpspConv2dNumba(torch.autograd.Function):
         grad_in = np.zeros(times.shape, dtype=times.dtype)
         grad_w_partial = np.empty((batch, *weight_f.shape), dtype=times.dtype)
         numba_conv.relpsp_conv2d_backward(weight_f, grad_scaled, anchor, n_causal, order, times, n_spikes, geometry, grad_in, grad_w_partial)
+        numba_cpu.saturate_(grad_in.reshape(-1))
         grad_t = torch.from_numpy(grad_in).reshape(batch, c_in, h_in, w_in) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:
-            grad_w_f = np.zeros(weight_f.shape, dtype=times.dtype)
-            for b in range(batch):  # in sample order: reproducible for any thread count
-                grad_w_f += grad_w_partial[b]
+            grad_w_f = grad_w_partial.sum(axis=0)  # numpy's fixed summation order: reproducible for any thread count
+            numba_cpu.saturate_(grad_w_f.reshape(-1))
             grad_w = torch.from_numpy(grad_w_f).reshape(c_in, k_h, k_w, grad_out.shape[1])
             grad_w = grad_w.permute(3, 0, 1, 2).flip(3).contiguous()  # (C_out, C_in, kH, kW)
         return grad_t, grad_w, None, None, None
@@ -164,5 +197,5 @@ def relpsp_conv2d_kernel(
     """Dispatch ``relpsp_conv2d`` to a kernel; inputs are assumed valid (see ``stdbp.functional``)."""
     name = resolve_backend(t_in.device, backend)
     if name == "reference":
-        return relpsp_conv2d_reference(t_in, weight, threshold, stride, padding)
+        return relpsp_conv2d_reference(_saturating(t_in), _saturating(weight), threshold, stride, padding)
     return _RelpspConv2dNumba.apply(t_in, weight, threshold, stride, padding)

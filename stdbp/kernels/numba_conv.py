@@ -111,13 +111,12 @@ def _spike_reach(idx, plane, w_in, geometry, c_out):  # pragma: no cover - compi
 
 
 @njit(parallel=True, cache=True)
-def relpsp_conv2d_forward(t_flat, keys, use_radix, weight_f, threshold, geometry, t_out, anchor, inv_slope, n_causal, order, times, n_spikes):  # pragma: no cover - compiled
+def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, t_out, anchor, inv_slope, n_causal, order, times, n_spikes):  # pragma: no cover - compiled
     """Forward scan.
 
     Args:
         t_flat: ``(B, C_in*H*W)`` input times, ``inf`` = silent, C-contiguous.
-        keys, use_radix: ``t_flat`` viewed as uint32 and ``True`` when it is float32 (radix
-            sort, see ``numba_cpu._sorted_spikes``); a ``(1, 1)`` uint32 array and ``False`` otherwise.
+        keys: ``|t_flat|`` viewed as int32 or int64: sort keys (see ``numba_cpu._sorted_spikes``).
         weight_f: ``(C_in*kH, kW*C_out)`` weights, ``weight_f[c*kH + ky, (kW-1-kx)*C_out + co] =
             weight[co, c, ky, kx]``: ``kx`` is flipped so that, at stride 1, the output positions
             ``ox, ox+1, ...`` reached by one input use consecutive weights.
@@ -143,7 +142,7 @@ def relpsp_conv2d_forward(t_flat, keys, use_radix, weight_f, threshold, geometry
     one = np.ones(1, dtype=t_flat.dtype)[0]
     zero = np.zeros(1, dtype=t_flat.dtype)[0]
     for b in prange(batch):
-        count = _sorted_spikes(t_flat[b], keys[b % keys.shape[0]], use_radix, order[b], times[b])
+        count = _sorted_spikes(t_flat[b], keys[b], order[b], times[b])
         n_spikes[b] = count
         s = np.zeros(n_out, dtype=t_flat.dtype)
         q = np.zeros(n_out, dtype=t_flat.dtype)

@@ -1,10 +1,11 @@
 """Event-driven ReL-PSP kernel for the CPU, compiled with numba.
 
-Per sample, and in parallel over the batch, the forward pass scans only the inputs that spike,
-in time order. Each neuron accumulates ``s = sum w`` and ``q = sum w t`` over the inputs seen
-so far; between two input times its potential is linear, so it fires in ``(t_k, t_next]`` when
+The forward pass sorts each sample's spiking inputs by time (in parallel over the batch) and
+scans only them, in that order: per sample for narrow layers, and for wide layers per block of
+neurons and sample, so that a block's weights stay in cache from one sample to the next. Each
+neuron accumulates ``s = sum w`` and ``q = sum w t`` over the inputs seen so far; between two input times its potential is linear, so it fires in ``(t_k, t_next]`` when
 ``s > 0`` and ``threshold + q <= t_next * s``, at ``(threshold + q) / s`` (eq. 12). The scan
-stops as soon as every neuron has fired.
+stops as soon as every neuron (of the block) has fired.
 
 The backward pass reuses what the forward pass recorded: the time-sorted spiking inputs, and
 for each neuron ``1 / s`` and the length of its causal prefix in that order, so that eqs. 14-15
@@ -18,7 +19,6 @@ Loops write to local arrays or a single row, for the same reason (alias checks).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -26,73 +26,76 @@ from .reference import SILENT_HORIZON
 
 
 @njit(cache=True, nogil=True)
-def _radix_sort_indices(keys, order, scratch, count):  # pragma: no cover - compiled
-    """Sort ``order[:count]`` by ``keys[order[k]]`` (uint32 bit patterns of times >= 0), stably.
+def _sorted_spikes(t_row, key_row, order_row, times_row):  # pragma: no cover - compiled
+    """Write the indices and times of the finite entries of ``t_row`` in time order (stable).
 
-    LSD radix sort on the float bits with the sign bit cleared (so -0.0 sorts as 0.0), four
-    passes of 8 bits; a pass whose digit is the same for every key is skipped.
-    """
-    hist = np.zeros(256, dtype=np.int64)
-    src, dst = order, scratch
-    for shift in range(0, 32, 8):
-        hist[:] = 0
-        for k in range(count):
-            hist[((keys[src[k]] & 0x7FFFFFFF) >> shift) & 0xFF] += 1
-        if hist.max() == count:
-            continue
-        total = 0
-        for d in range(256):
-            c = hist[d]
-            hist[d] = total
-            total += c
-        for k in range(count):
-            d = ((keys[src[k]] & 0x7FFFFFFF) >> shift) & 0xFF
-            dst[hist[d]] = src[k]
-            hist[d] += 1
-        src, dst = dst, src
-    if src is not order:
-        order[:count] = src[:count]
-
-
-@njit(cache=True, nogil=True)
-def _sorted_spikes(t_row, key_row, use_radix, order_row, times_row):  # pragma: no cover - compiled
-    """Write the indices and times of the finite entries of ``t_row`` in time order.
-
-    Returns the number of spiking inputs. Short lists use insertion sort; longer ones a radix
-    sort on ``key_row`` (the uint32 view of a float32 ``t_row``) or, for float64, argsort.
+    Returns the number of spiking inputs. ``key_row`` holds the bit patterns of ``|t_row|`` as
+    integers, which grow with the time and roughly with its logarithm: a bucket pass over them
+    (one bucket per spike, between the smallest positive and the largest key; zeros in the first)
+    leaves the list nearly sorted even when the times are heavy-tailed, and an insertion sort
+    finishes it. Should the insertion sort move too much, a stable merge sort takes over.
+    Equal times stay in index order.
     """
     count = 0
+    k_min = np.iinfo(key_row.dtype).max
+    k_max = 0
     for i in range(t_row.shape[0]):
         if t_row[i] < np.inf:
             order_row[count] = i
             count += 1
-    if count <= 32:
-        for a in range(1, count):
-            key_i = order_row[a]
-            key_t = t_row[key_i]
-            c = a - 1
-            while c >= 0 and t_row[order_row[c]] > key_t:
-                order_row[c + 1] = order_row[c]
-                c -= 1
-            order_row[c + 1] = key_i
-    elif use_radix:
-        _radix_sort_indices(key_row, order_row, np.empty(count, dtype=order_row.dtype), count)
-    else:
-        tt = np.empty(count, dtype=t_row.dtype)
+            key = key_row[i]
+            k_max = max(k_max, key)
+            if key > 0:
+                k_min = min(k_min, key)
+    if count > 32 and k_max > k_min:
+        scale = (count - 1) / (np.float64(k_max) - np.float64(k_min))
+        start = np.zeros(count + 1, dtype=np.int32)
+        bucket = np.empty(count, dtype=np.int32)
         for a in range(count):
-            tt[a] = t_row[order_row[a]]
-        perm = np.argsort(tt)
+            d = max(0, int((np.float64(key_row[order_row[a]]) - np.float64(k_min)) * scale))
+            bucket[a] = d
+            start[d + 1] += 1
+        for d in range(count):
+            start[d + 1] += start[d]
         idx = order_row[:count].copy()
         for a in range(count):
-            order_row[a] = idx[perm[a]]
+            d = bucket[a]
+            order_row[start[d]] = idx[a]
+            start[d] += 1
     for a in range(count):
         times_row[a] = t_row[order_row[a]]
+    moves = 0
+    budget = 16 * count + 64
+    for a in range(1, count):
+        key_t = times_row[a]
+        if times_row[a - 1] <= key_t:
+            continue
+        key_i = order_row[a]
+        c = a - 1
+        while c >= 0 and times_row[c] > key_t:
+            times_row[c + 1] = times_row[c]
+            order_row[c + 1] = order_row[c]
+            c -= 1
+        times_row[c + 1] = key_t
+        order_row[c + 1] = key_i
+        moves += a - 1 - c
+        if moves > budget:
+            perm = np.argsort(times_row[:count], kind="mergesort")
+            idx = order_row[:count].copy()
+            tt = times_row[:count].copy()
+            for e in range(count):
+                order_row[e] = idx[perm[e]]
+                times_row[e] = tt[perm[e]]
+            break
     return count
 
 
 #: Layers with at most this many neurons use the scalar scan (branches, early exit at the
-#: last neuron's spike); wider ones the vectorised two-pass scan.
+#: last neuron's spike); wider ones the vectorised scan, over blocks of ``BLOCK`` neurons.
 NARROW = 32
+#: Neurons per block of the wide scan: a block's weights (``N_in x BLOCK``) stay in the L2 cache
+#: while the block is scanned for sample after sample, and its state in L1.
+BLOCK = 256
 
 
 @njit(cache=True, nogil=True)
@@ -107,11 +110,12 @@ def _scan_narrow(times, order, count, weight_t, threshold, nc, s_fire, q_fire): 
     k = 0
     while k < count and remaining > 0:
         t_k = times[k]
-        row = weight_t[order[k]]
+        i = order[k]
         k += 1
         for j in range(n_out):
-            s[j] += row[j]
-            q[j] += row[j] * t_k
+            w = weight_t[i, j]
+            s[j] += w
+            q[j] += w * t_k
         t_next = times[k] if k < count else inf
         if t_next == t_k:  # a tie: the group is checked once its last input is in
             continue
@@ -124,35 +128,34 @@ def _scan_narrow(times, order, count, weight_t, threshold, nc, s_fire, q_fire): 
 
 
 @njit(cache=True, nogil=True)
-def _scan_wide(times, order, count, weight_t, threshold, nc, s_fire, q_fire):  # pragma: no cover - compiled
-    """Scan for a wide layer, branch-free so that it vectorises.
+def _scan_block(times, order, count, weight_t, lo, threshold, nc, s, q):  # pragma: no cover - compiled
+    """Scan for the neurons ``lo : lo + len(nc)`` of a wide layer, branch-free so that it vectorises.
 
     The loop writes only ``s``, ``q`` and the causal length (few enough arrays for LLVM's alias
     checks). A neuron's ``s`` and ``q`` stop changing once it has fired (its inputs are
     multiplied by 0), so at the end they are its values at firing.
     """
-    n_out = nc.shape[0]
+    width = nc.shape[0]
     zero = np.zeros(1, dtype=times.dtype)[0]
     one = np.ones(1, dtype=times.dtype)[0]
     inf = np.full(1, np.inf, dtype=times.dtype)[0]
-    s, q = s_fire, q_fire
     k_cast = np.zeros(1, dtype=times.dtype)  # k as the array dtype: zero + k would be float64
     k = 0
     since_check = 0
     while k < count:
         t_k = times[k]
-        row = weight_t[order[k]]
+        row = weight_t[order[k], lo : lo + width]
         k += 1
         t_next = times[k] if k < count else inf
         if t_next == t_k:
-            for j in range(n_out):
+            for j in range(width):
                 w = row[j] * (nc[j] == zero)
                 s[j] += w
                 q[j] += w * t_k
             continue
         k_cast[0] = k
         kf = k_cast[0]
-        for j in range(n_out):
+        for j in range(width):
             active = nc[j] == zero
             w = row[j] * active
             sj = s[j] + w
@@ -164,20 +167,39 @@ def _scan_wide(times, order, count, weight_t, threshold, nc, s_fire, q_fire):  #
         if since_check == 8:
             since_check = 0
             silent = zero
-            for j in range(n_out):
+            for j in range(width):
                 silent += one * (nc[j] == zero)
             if silent == zero:
                 break
 
 
+@njit(cache=True, nogil=True)
+def _finish(nc, s, q, count, t_ref, threshold, t_out, anchor, inv_slope, n_causal):  # pragma: no cover - compiled
+    """Write one sample's outputs for a run of neurons from the scan's ``nc``, ``s``, ``q``."""
+    zero = np.zeros(1, dtype=s.dtype)[0]
+    one = np.ones(1, dtype=s.dtype)[0]
+    inf = np.full(1, np.inf, dtype=s.dtype)[0]
+    for j in range(nc.shape[0]):
+        if nc[j] > zero:
+            t_fire = (threshold + q[j]) / s[j]
+            t_out[j] = t_fire
+            anchor[j] = t_fire
+            inv_slope[j] = one / s[j]
+            n_causal[j] = nc[j]
+        else:
+            t_out[j] = inf
+            anchor[j] = t_ref
+            inv_slope[j] = one
+            n_causal[j] = zero + count
+
+
 @njit(parallel=True, cache=True)
-def relpsp_linear_forward(t_in, keys, use_radix, weight_t, threshold, t_out, anchor, inv_slope, n_causal, order, times, n_spikes):  # pragma: no cover
+def relpsp_linear_forward(t_in, keys, weight_t, threshold, t_out, anchor, inv_slope, n_causal, order, times, n_spikes, n_chunks):  # pragma: no cover
     """Forward scan.
 
     Args:
         t_in: ``(B, N_in)`` input times, ``inf`` = silent.
-        keys: ``t_in`` viewed as uint32 when it is float32 (radix sort), else any ``(B, 1)`` uint32 array.
-        use_radix: whether ``keys`` is that view.
+        keys: ``|t_in|`` viewed as int32 (float32) or int64 (float64): sort keys.
         weight_t: ``(N_in, N_out)`` transposed weights, C-contiguous (one row per input).
         threshold: scalar of the same dtype as ``t_in``.
         t_out: ``(B, N_out)`` output times (written).
@@ -189,40 +211,49 @@ def relpsp_linear_forward(t_in, keys, use_radix, weight_t, threshold, t_out, anc
         order: ``(B, N_in)`` int32 spiking input indices in time order (written).
         times: ``(B, N_in)`` their times, in the same order (written).
         n_spikes: ``(B,)`` int32 number of spiking inputs (written).
+        n_chunks: a wide layer's batch is split into this many chunks, so that there are tasks
+            (block, chunk) for every thread; results do not depend on it.
 
     Each neuron keeps ``s = sum w`` and ``q = sum w t`` over the inputs seen so far; it fires in
     ``(t_k, t_next]`` when ``threshold + q <= t_next * s`` with ``s > 0``, at
-    ``(threshold + q) / s``. Narrow layers use :func:`_scan_narrow`, wide ones :func:`_scan_wide`.
+    ``(threshold + q) / s``. Every sample's spikes are sorted first (in parallel over the batch);
+    narrow layers are then scanned per sample (:func:`_scan_narrow`), wide ones per block of
+    neurons and sample (:func:`_scan_block`), the blocks in parallel.
     """
-    batch, n_in = t_in.shape
+    batch = t_in.shape[0]
     n_out = weight_t.shape[1]
-    inf = np.full(1, np.inf, dtype=t_in.dtype)[0]
     horizon = np.full(1, SILENT_HORIZON, dtype=t_in.dtype)[0]
-    one = np.ones(1, dtype=t_in.dtype)[0]
     zero = np.zeros(1, dtype=t_in.dtype)[0]
     for b in prange(batch):
-        count = _sorted_spikes(t_in[b], keys[b], use_radix, order[b], times[b])
-        n_spikes[b] = count
-        nc = np.zeros(n_out, dtype=t_in.dtype)  # local: LLVM vectorises loops over local arrays
-        s = np.zeros(n_out, dtype=t_in.dtype)
-        q = np.zeros(n_out, dtype=t_in.dtype)
-        if n_out <= NARROW:
+        n_spikes[b] = _sorted_spikes(t_in[b], keys[b], order[b], times[b])
+    if n_out <= NARROW:
+        for b in prange(batch):
+            count = n_spikes[b]
+            nc = np.zeros(n_out, dtype=t_in.dtype)
+            s = np.zeros(n_out, dtype=t_in.dtype)
+            q = np.zeros(n_out, dtype=t_in.dtype)
             _scan_narrow(times[b], order[b], count, weight_t, threshold, nc, s, q)
-        else:
-            _scan_wide(times[b], order[b], count, weight_t, threshold, nc, s, q)
-        t_ref = (times[b, count - 1] if count > 0 else zero) + horizon
-        for j in range(n_out):
-            if nc[j] > zero:
-                t_fire = (threshold + q[j]) / s[j]
-                t_out[b, j] = t_fire
-                anchor[b, j] = t_fire
-                inv_slope[b, j] = one / s[j]
-            else:
-                t_out[b, j] = inf
-                anchor[b, j] = t_ref
-                inv_slope[b, j] = one
-                nc[j] = zero + count
-        n_causal[b] = nc
+            t_ref = (times[b, count - 1] if count > 0 else zero) + horizon
+            _finish(nc, s, q, count, t_ref, threshold, t_out[b], anchor[b], inv_slope[b], n_causal[b])
+        return
+    n_blocks = (n_out + BLOCK - 1) // BLOCK
+    n_chunks = max(1, min(batch, n_chunks))
+    chunk = (batch + n_chunks - 1) // n_chunks
+    for task in prange(n_blocks * n_chunks):
+        lo = (task // n_chunks) * BLOCK
+        hi = min(lo + BLOCK, n_out)
+        nc = np.empty(hi - lo, dtype=t_in.dtype)
+        s = np.empty(hi - lo, dtype=t_in.dtype)
+        q = np.empty(hi - lo, dtype=t_in.dtype)
+        first = (task % n_chunks) * chunk
+        for b in range(first, min(first + chunk, batch)):
+            count = n_spikes[b]
+            nc[:] = zero
+            s[:] = zero
+            q[:] = zero
+            _scan_block(times[b], order[b], count, weight_t, lo, threshold, nc, s, q)
+            t_ref = (times[b, count - 1] if count > 0 else zero) + horizon
+            _finish(nc, s, q, count, t_ref, threshold, t_out[b, lo:hi], anchor[b, lo:hi], inv_slope[b, lo:hi], n_causal[b, lo:hi])
 
 
 @njit(parallel=True, cache=True)
@@ -284,3 +315,18 @@ def relpsp_linear_backward_input(weight_t, grad_scaled, n_causal, order, n_spike
             for j in range(n_out):
                 acc += a[j] * row[j] * (kf < nc[j])
             grad_in[b, i] = acc
+
+
+@njit(parallel=True, cache=True)
+def saturate_(grad):  # pragma: no cover - compiled
+    """In place: entries of the 1-D ``grad`` beyond the dtype's range become its largest finite
+    value with their sign, NaN (``inf - inf``) becomes 0. Returns the number of entries changed."""
+    big = np.full(1, np.finfo(grad.dtype).max, dtype=grad.dtype)[0]
+    zero = np.zeros(1, dtype=grad.dtype)[0]
+    changed = 0
+    for i in prange(grad.shape[0]):
+        g = grad[i]
+        if not abs(g) <= big:
+            grad[i] = zero if g != g else (big if g > zero else -big)
+            changed += 1
+    return changed
