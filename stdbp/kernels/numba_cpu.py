@@ -31,7 +31,7 @@ def _sorted_spikes(t_row, key_row, order_row, times_row):  # pragma: no cover - 
 
     Returns the number of spiking inputs. ``key_row`` holds the bit patterns of ``|t_row|`` as
     integers, which grow with the time and roughly with its logarithm: a bucket pass over them
-    (one bucket per spike, between the smallest positive and the largest key; zeros in the first)
+    (four buckets per spike, between the smallest positive and the largest key; zeros in the first)
     leaves the list nearly sorted even when the times are heavy-tailed, and an insertion sort
     finishes it. Should the insertion sort move too much, a stable merge sort takes over.
     Equal times stay in index order.
@@ -48,14 +48,15 @@ def _sorted_spikes(t_row, key_row, order_row, times_row):  # pragma: no cover - 
             if key > 0:
                 k_min = min(k_min, key)
     if count > 32 and k_max > k_min:
-        scale = (count - 1) / (np.float64(k_max) - np.float64(k_min))
-        start = np.zeros(count + 1, dtype=np.int32)
+        n_buckets = 4 * count  # mostly 0 or 1 spike per bucket: few, predictable insertion moves
+        scale = (n_buckets - 1) / (np.float64(k_max) - np.float64(k_min))
+        start = np.zeros(n_buckets + 1, dtype=np.int32)
         bucket = np.empty(count, dtype=np.int32)
         for a in range(count):
             d = max(0, int((np.float64(key_row[order_row[a]]) - np.float64(k_min)) * scale))
             bucket[a] = d
             start[d + 1] += 1
-        for d in range(count):
+        for d in range(n_buckets):
             start[d + 1] += start[d]
         idx = order_row[:count].copy()
         for a in range(count):
@@ -93,9 +94,20 @@ def _sorted_spikes(t_row, key_row, order_row, times_row):  # pragma: no cover - 
 #: Layers with at most this many neurons use the scalar scan (branches, early exit at the
 #: last neuron's spike); wider ones the vectorised scan, over blocks of ``BLOCK`` neurons.
 NARROW = 32
-#: Neurons per block of the wide scan: a block's weights (``N_in x BLOCK``) stay in the L2 cache
-#: while the block is scanned for sample after sample, and its state in L1.
+#: Most neurons per block of the wide scan (blocks are of equal size): a block's weights stay in
+#: cache while it is scanned for sample after sample.
 BLOCK = 256
+
+
+def wide_tasks(n_out: int, threads: int) -> tuple[int, int]:
+    """``(n_blocks, n_chunks)`` for a wide layer: equal blocks of at most ``BLOCK`` neurons, and the
+    batch in chunks so that the ``n_blocks * n_chunks`` tasks are at least ``2 * threads`` and a
+    multiple of ``threads`` (equal shares)."""
+    n_blocks = -(-n_out // BLOCK)
+    n_chunks = -(-2 * threads // n_blocks)
+    while (n_blocks * n_chunks) % threads:
+        n_chunks += 1
+    return n_blocks, n_chunks
 
 
 @njit(cache=True, nogil=True)
@@ -212,7 +224,7 @@ def relpsp_linear_forward(t_in, keys, weight_t, threshold, t_out, anchor, inv_sl
         times: ``(B, N_in)`` their times, in the same order (written).
         n_spikes: ``(B,)`` int32 number of spiking inputs (written).
         n_chunks: a wide layer's batch is split into this many chunks, so that there are tasks
-            (block, chunk) for every thread; results do not depend on it.
+            (block, chunk) for every thread (:func:`wide_tasks`); results do not depend on it.
 
     Each neuron keeps ``s = sum w`` and ``q = sum w t`` over the inputs seen so far; it fires in
     ``(t_k, t_next]`` when ``threshold + q <= t_next * s`` with ``s > 0``, at
@@ -237,11 +249,11 @@ def relpsp_linear_forward(t_in, keys, weight_t, threshold, t_out, anchor, inv_sl
             _finish(nc, s, q, count, t_ref, threshold, t_out[b], anchor[b], inv_slope[b], n_causal[b])
         return
     n_blocks = (n_out + BLOCK - 1) // BLOCK
-    n_chunks = max(1, min(batch, n_chunks))
+    block = (n_out + n_blocks - 1) // n_blocks
     chunk = (batch + n_chunks - 1) // n_chunks
     for task in prange(n_blocks * n_chunks):
-        lo = (task // n_chunks) * BLOCK
-        hi = min(lo + BLOCK, n_out)
+        lo = (task // n_chunks) * block
+        hi = min(lo + block, n_out)
         nc = np.empty(hi - lo, dtype=t_in.dtype)
         s = np.empty(hi - lo, dtype=t_in.dtype)
         q = np.empty(hi - lo, dtype=t_in.dtype)
