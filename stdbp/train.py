@@ -202,8 +202,14 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         _match_optimizer_layout(optimizer)
         scheduler.load_state_dict(state["scheduler"])
-        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and scheduler.T_max != total_steps:
+            # a run extended with --epochs: the cosine curve is stretched to the new length. The
+            # scheduler updates the rate recursively from its last value (0 at the end of a
+            # finished run), so the rate is set from the closed form first.
             scheduler.T_max = total_steps
+            for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base_lr * (1 + math.cos(math.pi * state["step"] / total_steps)) / 2
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
         augment_rng.set_state(state["augment_rng"])
         torch.set_rng_state(state["torch_rng"])
         step = state["step"]

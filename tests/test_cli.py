@@ -50,10 +50,16 @@ def test_eval_json(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def test_resume_extends_the_same_curve(run_dir: Path, tmp_path: Path) -> None:
+    before = torch.load(run_dir / "model.pt", weights_only=False)["state_dict"]
     assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--no-progress"]) == 0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]
     assert rows[1]["step"] == 2 * rows[0]["step"]
+    # the finished run ended at learning rate 0; extended, its cosine schedule is stretched, so it learns again
+    after = torch.load(run_dir / "model.pt", weights_only=False)["state_dict"]
+    assert not torch.equal(before["layers.0.weight"], after["layers.0.weight"])
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert checkpoint["scheduler"]["T_max"] == rows[1]["step"]
 
 
 def test_refuses_to_overwrite_a_run(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
