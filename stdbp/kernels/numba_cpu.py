@@ -332,13 +332,18 @@ def relpsp_linear_backward_input(weight_t, grad_scaled, n_causal, order, n_spike
 @njit(parallel=True, cache=True)
 def saturate_(grad):  # pragma: no cover - compiled
     """In place: entries of the 1-D ``grad`` beyond the dtype's range become its largest finite
-    value with their sign, NaN (``inf - inf``) becomes 0. Returns the number of entries changed."""
+    value with their sign, NaN (``inf - inf``) becomes 0. Returns the number of entries changed.
+
+    A branch-free counting pass first (it vectorises); the fixing pass runs only when needed.
+    """
     big = np.full(1, np.finfo(grad.dtype).max, dtype=grad.dtype)[0]
     zero = np.zeros(1, dtype=grad.dtype)[0]
     changed = 0
     for i in prange(grad.shape[0]):
-        g = grad[i]
-        if not abs(g) <= big:
-            grad[i] = zero if g != g else (big if g > zero else -big)
-            changed += 1
+        changed += np.int64(not abs(grad[i]) <= big)
+    if changed:
+        for i in prange(grad.shape[0]):
+            g = grad[i]
+            if not abs(g) <= big:
+                grad[i] = zero if g != g else (big if g > zero else -big)
     return changed
