@@ -63,16 +63,21 @@ def test_quick_end_to_end(small_mnist: Path, tmp_path: Path, capsys: pytest.Capt
     assert not list(out.rglob(".*.tmp"))
 
 
-def test_pretrained_checkpoints_are_evaluated_and_runs_reused(small_mnist: Path, tmp_path: Path) -> None:
-    """A full run (not quick) evaluates pretrained/mnist-784-400-10.pt and trains the rest; a second run reuses everything."""
+def test_pretrained_checkpoints_are_evaluated_and_runs_reused(small_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full run (not quick) evaluates pretrained/mnist-784-400-10.pt and trains the rest with
+    their recipes; a second run reuses everything."""
     pretrained = tmp_path / "pretrained"
     pretrained.mkdir()
     save_checkpoint(pretrained / "mnist-784-400-10.pt", build("784-400-10"))
+    monkeypatch.setattr("stdbp.reproduce.RECIPES", {"784-800-10": {"epochs": 2, "shift": 0, "rotate": 5.0}})
     budget = Budget(epochs=1, compare_epochs=1, **TINY)
     lines: list[str] = []
     first = reproduce(tmp_path / "out", pretrained_dir=pretrained, data_dir=str(small_mnist), budget=budget, echo=lines.append)
     sources = {row["arch"]: row["source"] for row in first["table1"]}
     assert sources == {"784-400-10": "pretrained", "784-800-10": "trained", ARCHS[2]: "trained"}
+    rows = {row["arch"]: row for row in first["table1"]}
+    assert rows["784-800-10"]["epochs"] == 2 and "--epochs 2 --shift 0 --rotate 5.0" in rows["784-800-10"]["command"]
+    assert rows[ARCHS[2]]["epochs"] == 1
     assert first["fig5"]["784-400-10"]["checkpoint"] == str(pretrained / "mnist-784-400-10.pt")
     report = (tmp_path / "out" / "report.md").read_text()
     assert "stdbp eval" in report and "Quick run" not in report and "Reduced budget" in report
