@@ -94,7 +94,7 @@ class _RelpspLinearNumba(torch.autograd.Function):
         times = np.empty((batch, n_in), dtype=t_np.dtype)
         n_spikes = np.empty(batch, dtype=np.int32)
         thr = t_np.dtype.type(threshold)
-        _, n_chunks = numba_cpu.wide_tasks(n_out, numba.get_num_threads())
+        _, n_chunks = numba_cpu.scan_tasks(n_out, numba.get_num_threads())
         numba_cpu.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, thr, t_out, anchor, inv_slope, n_causal, order, times, n_spikes, n_chunks)
         ctx.scan = (times, w_t, anchor, inv_slope, n_causal, order, n_spikes)
         return torch.from_numpy(t_out)

@@ -1,8 +1,8 @@
 """Event-driven ReL-PSP kernel for the CPU, compiled with numba.
 
 The forward pass sorts each sample's spiking inputs by time (in parallel over the batch) and
-scans only them, in that order: per sample for narrow layers, and for wide layers per block of
-neurons and sample, so that a block's weights stay in cache from one sample to the next. Each
+scans only them, in that order, per block of neurons and sample, so that a block's weights stay
+in cache from one sample to the next. Each
 neuron accumulates ``s = sum w`` and ``q = sum w t`` over the inputs seen so far; between two input times its potential is linear, so it fires in ``(t_k, t_next]`` when
 ``s > 0`` and ``threshold + q <= t_next * s``, at ``(threshold + q) / s`` (eq. 12). The scan
 stops as soon as every neuron (of the block) has fired.
@@ -91,16 +91,13 @@ def _sorted_spikes(t_row, key_row, order_row, times_row):  # pragma: no cover - 
     return count
 
 
-#: Layers with at most this many neurons use the scalar scan (branches, early exit at the
-#: last neuron's spike); wider ones the vectorised scan, over blocks of ``BLOCK`` neurons.
-NARROW = 32
-#: Most neurons per block of the wide scan (blocks are of equal size): a block's weights stay in
+#: Most neurons per block of the scan (blocks are of equal size): a block's weights stay in
 #: cache while it is scanned for sample after sample.
 BLOCK = 256
 
 
-def wide_tasks(n_out: int, threads: int) -> tuple[int, int]:
-    """``(n_blocks, n_chunks)`` for a wide layer: equal blocks of at most ``BLOCK`` neurons, and the
+def scan_tasks(n_out: int, threads: int) -> tuple[int, int]:
+    """``(n_blocks, n_chunks)`` for a layer of ``n_out`` neurons: equal blocks of at most ``BLOCK`` neurons, and the
     batch in chunks so that the ``n_blocks * n_chunks`` tasks are at least ``2 * threads`` and a
     multiple of ``threads`` (equal shares)."""
     n_blocks = -(-n_out // BLOCK)
@@ -111,37 +108,8 @@ def wide_tasks(n_out: int, threads: int) -> tuple[int, int]:
 
 
 @njit(cache=True, nogil=True)
-def _scan_narrow(times, order, count, weight_t, threshold, nc, s_fire, q_fire):  # pragma: no cover - compiled
-    """Scan for a narrow layer: record each neuron's causal length, ``s`` and ``q`` as it fires."""
-    n_out = nc.shape[0]
-    zero = np.zeros(1, dtype=times.dtype)[0]
-    inf = np.full(1, np.inf, dtype=times.dtype)[0]
-    s = np.zeros(n_out, dtype=times.dtype)
-    q = np.zeros(n_out, dtype=times.dtype)
-    remaining = n_out
-    k = 0
-    while k < count and remaining > 0:
-        t_k = times[k]
-        i = order[k]
-        k += 1
-        for j in range(n_out):
-            w = weight_t[i, j]
-            s[j] += w
-            q[j] += w * t_k
-        t_next = times[k] if k < count else inf
-        if t_next == t_k:  # a tie: the group is checked once its last input is in
-            continue
-        for j in range(n_out):
-            if nc[j] == zero and s[j] > zero and threshold + q[j] <= t_next * s[j]:
-                nc[j] = zero + k
-                s_fire[j] = s[j]
-                q_fire[j] = q[j]
-                remaining -= 1
-
-
-@njit(cache=True, nogil=True)
 def _scan_block(times, order, count, weight_t, lo, threshold, nc, s, q):  # pragma: no cover - compiled
-    """Scan for the neurons ``lo : lo + len(nc)`` of a wide layer, branch-free so that it vectorises.
+    """Scan for the neurons ``lo : lo + len(nc)`` of a layer, branch-free so that it vectorises.
 
     The loop writes only ``s``, ``q`` and the causal length (few enough arrays for LLVM's alias
     checks). A neuron's ``s`` and ``q`` stop changing once it has fired (its inputs are
@@ -223,14 +191,14 @@ def relpsp_linear_forward(t_in, keys, weight_t, threshold, t_out, anchor, inv_sl
         order: ``(B, N_in)`` int32 spiking input indices in time order (written).
         times: ``(B, N_in)`` their times, in the same order (written).
         n_spikes: ``(B,)`` int32 number of spiking inputs (written).
-        n_chunks: a wide layer's batch is split into this many chunks, so that there are tasks
-            (block, chunk) for every thread (:func:`wide_tasks`); results do not depend on it.
+        n_chunks: the batch is split into this many chunks, so that there are tasks
+            (block, chunk) for every thread (:func:`scan_tasks`); results do not depend on it.
 
     Each neuron keeps ``s = sum w`` and ``q = sum w t`` over the inputs seen so far; it fires in
     ``(t_k, t_next]`` when ``threshold + q <= t_next * s`` with ``s > 0``, at
-    ``(threshold + q) / s``. Every sample's spikes are sorted first (in parallel over the batch);
-    narrow layers are then scanned per sample (:func:`_scan_narrow`), wide ones per block of
-    neurons and sample (:func:`_scan_block`), the blocks in parallel.
+    ``(threshold + q) / s``. Every sample's spikes are sorted first (in parallel over the batch),
+    then scanned per block of neurons and sample (:func:`_scan_block`), the (block, chunk of the
+    batch) tasks in parallel.
     """
     batch = t_in.shape[0]
     n_out = weight_t.shape[1]
@@ -238,16 +206,6 @@ def relpsp_linear_forward(t_in, keys, weight_t, threshold, t_out, anchor, inv_sl
     zero = np.zeros(1, dtype=t_in.dtype)[0]
     for b in prange(batch):
         n_spikes[b] = _sorted_spikes(t_in[b], keys[b], order[b], times[b])
-    if n_out <= NARROW:
-        for b in prange(batch):
-            count = n_spikes[b]
-            nc = np.zeros(n_out, dtype=t_in.dtype)
-            s = np.zeros(n_out, dtype=t_in.dtype)
-            q = np.zeros(n_out, dtype=t_in.dtype)
-            _scan_narrow(times[b], order[b], count, weight_t, threshold, nc, s, q)
-            t_ref = (times[b, count - 1] if count > 0 else zero) + horizon
-            _finish(nc, s, q, count, t_ref, threshold, t_out[b], anchor[b], inv_slope[b], n_causal[b])
-        return
     n_blocks = (n_out + BLOCK - 1) // BLOCK
     block = (n_out + n_blocks - 1) // n_blocks
     chunk = (batch + n_chunks - 1) // n_chunks
