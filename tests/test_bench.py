@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from stdbp.bench import relu_network
+from stdbp.bench import relu_network, tiny_arch
+from stdbp.models import build
 from stdbp.cli import main
 
 
@@ -33,3 +34,13 @@ def test_relu_network_has_the_spiking_shape() -> None:
 def test_bench_rejects_bad_options(capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", "--arch", "784-x-10"]) == 2
     assert main(["bench", "--arch", "784-20-10", "--repeats", "0"]) == 2
+
+
+def test_tiny_arch_has_the_same_layer_kinds() -> None:
+    """The memory probe loads code by training this network first: same kinds of layers, in order."""
+    for arch in ("784-800-10", "28x28-6C5-P2-16C5-P2-1024-128-10", "784-400-200-10"):
+        tiny = tiny_arch(arch)
+        kinds = [type(layer).__name__ for layer in build(arch).layers]
+        assert [type(layer).__name__ for layer in build(tiny).layers] == kinds
+        assert sum(p.numel() for p in build(tiny).parameters()) < sum(p.numel() for p in build(arch).parameters()) / 10
+    assert tiny_arch("28x28-6C5-P2-16C5-P2-1024-128-10") == "28x28-1C5-P2-1C5-P2-1-1-10"
