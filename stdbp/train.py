@@ -87,7 +87,10 @@ def _match_optimizer_layout(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         for param in group["params"]:
             for key, value in optimizer.state.get(param, {}).items():
-                if torch.is_tensor(value) and value.dim() == 2 and value.shape != param.shape and value.t().shape == param.shape:
+                if not (torch.is_tensor(value) and value.dim() == 2 and value.t().shape == param.shape):
+                    continue
+                # the old layout: (out, in), or a square matrix stored transposed (strides of an (in, out) array)
+                if value.shape != param.shape or not value.is_contiguous():
                     optimizer.state[param][key] = value.t().contiguous()
 
 

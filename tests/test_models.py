@@ -65,3 +65,15 @@ def test_optimizer_state_of_old_layout_is_transposed_on_resume() -> None:
     _match_optimizer_layout(optimizer)
     state = optimizer.state[layer.weight_t]
     assert torch.equal(state["exp_avg"], old.t()) and state["exp_avg"].is_contiguous() and state["step"] == 3
+
+
+def test_square_optimizer_state_of_old_layout_is_transposed_by_its_strides() -> None:
+    from stdbp.train import _match_optimizer_layout
+
+    layer = SpikingLinear(5, 5)
+    optimizer = torch.optim.Adam(layer.parameters())
+    stored = torch.randn(5, 5)  # memory of the old (out, in) parameter stored transposed
+    optimizer.state[layer.weight_t] = {"exp_avg": stored.t(), "exp_avg_sq": torch.ones(5, 5)}
+    _match_optimizer_layout(optimizer)
+    state = optimizer.state[layer.weight_t]
+    assert torch.equal(state["exp_avg"], stored) and torch.equal(state["exp_avg_sq"], torch.ones(5, 5))
