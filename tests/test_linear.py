@@ -208,3 +208,27 @@ def test_saturate_in_place() -> None:
         g = np.array([1.0, np.inf, -np.inf, np.nan, -2.0], dtype=dtype)
         assert numba_cpu.saturate_(g) == 3
         np.testing.assert_array_equal(g, np.array([1.0, big, -big, 0.0, -2.0], dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["uniform", "heavy_tail", "bunched", "ties", "short"])
+def test_spike_sort_is_a_stable_argsort(dtype: type, case: str) -> None:
+    """The kernels' sort (bucket pass, insertion sort, merge-sort fallback) against numpy's stable argsort."""
+    from stdbp.kernels import numba_cpu, sort_keys
+
+    rng = np.random.default_rng(11)
+    t = {
+        "uniform": rng.uniform(0, 1, 900),
+        "heavy_tail": rng.pareto(0.5, 900),  # most times small, a few enormous
+        "bunched": np.concatenate([1 + rng.uniform(0, 1e-4, 899), [1e30]]),  # one bucket holds nearly all: fallback
+        "ties": rng.integers(0, 5, 900) / 4.0,
+        "short": rng.uniform(0, 1, 20),
+    }[case].astype(dtype)
+    t[rng.random(t.size) < 0.2] = np.inf
+    t[:3] = [0.0, -0.0, np.inf]
+    order, times = np.empty(t.size, np.int32), np.empty(t.size, dtype)
+    count = numba_cpu._sorted_spikes(t, sort_keys(t), order, times)
+    expected = np.argsort(np.where(t == 0, 0, t), kind="stable")[: np.isfinite(t).sum()]
+    assert count == expected.size
+    np.testing.assert_array_equal(order[:count], expected)
+    np.testing.assert_array_equal(times[:count], t[expected])
