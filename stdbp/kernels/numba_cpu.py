@@ -97,9 +97,9 @@ BLOCK = 256
 
 
 def scan_tasks(n_out: int, threads: int) -> tuple[int, int]:
-    """``(n_blocks, n_chunks)`` for a layer of ``n_out`` neurons: equal blocks of at most ``BLOCK`` neurons, and the
-    batch in chunks so that the ``n_blocks * n_chunks`` tasks are at least ``2 * threads`` and a
-    multiple of ``threads`` (equal shares)."""
+    """``(n_blocks, n_chunks)`` for a layer of ``n_out`` neurons: equal blocks of at most ``BLOCK``
+    neurons (as :func:`relpsp_linear_forward` cuts them), and the batch in chunks so that the
+    ``n_blocks * n_chunks`` tasks are at least ``2 * threads`` and a multiple of ``threads``."""
     n_blocks = -(-n_out // BLOCK)
     n_chunks = -(-2 * threads // n_blocks)
     while (n_blocks * n_chunks) % threads:
