@@ -3,8 +3,9 @@
 Every step is a full training step on a real MNIST batch: forward, loss, backward, Adam update
 (PyTorch's fused Adam for every configuration).
 The configurations are timed in one process, interleaved (one step of each in turn), and the
-median after warm-up is reported. Peak memory is measured in a fresh process per configuration:
-the growth of the resident set (``ru_maxrss``) over the process after imports and data loading.
+median after warm-up is reported. Peak memory is measured in a fresh process per configuration
+(:func:`memory_probe`): the peak growth of the resident set while the model is built and trained,
+after the code has been loaded.
 """
 
 from __future__ import annotations

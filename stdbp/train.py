@@ -28,6 +28,7 @@ from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .data import Split, load_dataset
 from .encoding import latency_encode
 from .errors import RunDirError, StdbpError
+from .kernels import all_finite
 from .models import SpikingNetwork, build
 
 log = logging.getLogger(__name__)
@@ -261,9 +262,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 loss_value = loss.item()
-                # a float64 sum of all gradients is finite exactly when every gradient is (float32 cannot overflow it)
-                grad_total = sum(p.grad.sum(dtype=torch.float64) for p in model.parameters() if p.grad is not None)
-                if math.isfinite(loss_value) and bool(torch.isfinite(torch.as_tensor(grad_total))):
+                if math.isfinite(loss_value) and all_finite(p.grad for p in model.parameters() if p.grad is not None):
                     optimizer.step()
                 else:
                     nonfinite_steps += 1

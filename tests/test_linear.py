@@ -232,3 +232,12 @@ def test_spike_sort_is_a_stable_argsort(dtype: type, case: str) -> None:
     assert count == expected.size
     np.testing.assert_array_equal(order[:count], expected)
     np.testing.assert_array_equal(times[:count], t[expected])
+
+
+def test_all_finite_tells_saturated_from_non_finite() -> None:
+    from stdbp.kernels import all_finite
+
+    big = torch.full((4,), torch.finfo(torch.float32).max)  # saturated gradients: their float32 sum overflows
+    assert all_finite([big, torch.ones(3)])
+    assert not all_finite([torch.tensor([1.0, float("inf")])]) and not all_finite([torch.ones(2), torch.tensor([float("nan")])])
+    assert all_finite([])

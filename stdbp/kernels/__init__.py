@@ -8,6 +8,7 @@ variable ``STDBP_KERNEL`` overrides the default for the whole process.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ BACKENDS = ("reference", "numba")
 
 __all__ = [
     "BACKENDS",
+    "all_finite",
     "SILENT_HORIZON",
     "relpsp_linear_reference",
     "relpsp_conv2d_reference",
@@ -42,6 +44,12 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> str:
     return backend
 
 
+def all_finite(tensors: Iterable[Tensor]) -> bool:
+    """Whether every entry of every tensor is finite: a cheap float32 sum each, and the float64
+    sum (which finite float32 values cannot overflow) only to confirm a non-finite one."""
+    return all(bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t.sum(dtype=torch.float64))) for t in tensors)
+
+
 class _SaturateGradient(torch.autograd.Function):
     """Identity forward; in the backward pass, a gradient that overflowed its dtype saturates.
 
@@ -58,7 +66,7 @@ class _SaturateGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        if bool(torch.isfinite(grad.sum(dtype=torch.float64))):  # cheap; a false alarm only costs the fix below
+        if all_finite([grad]):
             return grad
         big = torch.finfo(grad.dtype).max
         return torch.nan_to_num(grad, nan=0.0, posinf=big, neginf=-big)
@@ -174,9 +182,10 @@ class _RelpspConv2dNumba(torch.autograd.Function):
         grad_in = np.zeros(times.shape, dtype=times.dtype)
         grad_w_partial = np.empty((batch, *weight_f.shape), dtype=times.dtype)
         numba_conv.relpsp_conv2d_backward(weight_f, grad_scaled, anchor, n_causal, order, times, n_spikes, geometry, grad_in, grad_w_partial)
-        numba_cpu.saturate_(grad_in.reshape(-1))
-        grad_t = torch.from_numpy(grad_in).reshape(batch, c_in, h_in, w_in) if ctx.needs_input_grad[0] else None
-        grad_w = None
+        grad_t = grad_w = None
+        if ctx.needs_input_grad[0]:
+            numba_cpu.saturate_(grad_in.reshape(-1))
+            grad_t = torch.from_numpy(grad_in).reshape(batch, c_in, h_in, w_in)
         if ctx.needs_input_grad[1]:
             grad_w_f = grad_w_partial.sum(axis=0)  # numpy's fixed summation order: reproducible for any thread count
             numba_cpu.saturate_(grad_w_f.reshape(-1))
