@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import numba
 from numba import njit, prange
 
 from stdbp.bench import _batches
@@ -38,9 +39,9 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     fn()
     samples = []
     for _ in range(repeats):
-        start = time.process_time()
+        start = time.perf_counter()
         fn()
-        samples.append(time.process_time() - start)
+        samples.append(time.perf_counter() - start)
     return 1000 * statistics.median(samples)
 
 
@@ -53,13 +54,13 @@ def layer_times(layer: SpikingLinear, t_in: torch.Tensor, repeats: int) -> tuple
     order, times = np.empty((batch, n_in), np.int32), np.empty((batch, n_in), np.float32)
     n_spikes = np.empty(batch, np.int32)
     keys = sort_keys(t_np)
-    _, n_chunks = numba_cpu.scan_tasks(n_out, 1)
+    _, n_chunks = numba_cpu.scan_tasks(n_out, numba.get_num_threads())
     forward = lambda: numba_cpu.relpsp_linear_forward(t_np, keys, w_t, np.float32(layer.threshold), *outs, order, times, n_spikes, n_chunks)
     row = {"forward_ms": median_ms(forward, repeats), "sort_ms": median_ms(lambda: _sort_only(t_np, keys, order, times, n_spikes), repeats)}
     forward()
     grad_scaled = (np.random.default_rng(0).standard_normal((batch, n_out)) * outs[2]).astype(np.float32)
     grad_w, grad_in = np.zeros_like(w_t), np.zeros((batch, n_in), np.float32)
-    row["grad_weight_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, outs[1], outs[3], order, 1, grad_w), repeats)
+    row["grad_weight_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, outs[1], outs[3], order, numba.get_num_threads(), grad_w), repeats)
     row["grad_input_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_input(w_t, grad_scaled, outs[3], order, n_spikes, grad_in), repeats)
     row["spiking_inputs_per_sample"] = float(n_spikes.mean())
     row["fired_fraction"] = float(np.isfinite(outs[0]).mean())
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="time these trained weights instead of a fresh network")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(numba.get_num_threads())
     model = load_model(args.checkpoint) if args.checkpoint else build(args.arch)
     images, _ = _batches(args.batch_size, 1)[0]
     t = model.shape_input(encode(images, 1.0))

@@ -35,7 +35,7 @@ def check_spike_times(t: Tensor, name: str = "t_in") -> None:
     """Raise ``ValueError`` unless every entry of ``t`` is a time ``>= 0`` or ``+inf``."""
     if not t.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor of spike times, got {t.dtype}")
-    if not bool((t >= 0).all()):
+    if t.numel() and not bool(t.min() >= 0):  # min is NaN if any entry is: one reduction checks both
         bad = "NaN" if bool(torch.isnan(t).any()) else "negative"
         raise ValueError(f"{name} contains {bad} spike times; times must be >= 0, or +inf for no spike")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stdbp import functional as F
-from stdbp.kernels import SILENT_HORIZON, relpsp_linear_reference
+from stdbp.kernels import SILENT_HORIZON, numba_cpu, relpsp_linear_reference
 
 from .oracles import random_case, relpsp_brute_force
 
@@ -67,6 +67,40 @@ def test_numba_matches_reference_forward_and_gradients(dtype: torch.dtype, seed:
     torch.testing.assert_close(gt1, gt2, **tol)
     for g in (gt1, gw1):
         assert torch.isfinite(g).all()
+
+
+def test_wide_layer_with_early_and_late_firing_matches_reference() -> None:
+    """Two blocks of neurons, inputs in groups of four plus a remainder, ties, and a sample in
+    which every neuron fires early (the scan stops early) beside samples where some stay silent."""
+    rng = np.random.default_rng(11)
+    t, w = random_case(rng, batch=4, n_in=301, n_out=1100, weight_mean=0.05)
+    t[0, :40], t[0, 40:] = 0.0, 1.0 + torch.rand(261, dtype=t.dtype)  # 40 inputs at 0: all fire before 1
+    t[1:, :40] = float("inf")
+    w[:, :40] = w[:, :40].abs() + 0.1
+    assert numba_cpu.scan_tasks(1100, 1)[0] == 2
+    grad_out = torch.tensor(rng.normal(size=(4, 1100)))
+    results = []
+    for backend in BACKENDS:
+        ti, wi = t.clone().requires_grad_(), w.clone().requires_grad_()
+        out = F.relpsp_linear(ti, wi, 1.0, backend=backend)
+        out.backward(grad_out)
+        results.append((out.detach(), ti.grad, wi.grad))
+    (o1, gt1, gw1), (o2, gt2, gw2) = results
+    assert torch.isfinite(o1[0]).all() and (o1[0] < 1.0).all()
+    assert torch.isinf(o1[1:3]).any() and torch.isfinite(o1[1:3]).any()
+    assert torch.equal(torch.isinf(o1), torch.isinf(o2))
+    tol = dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(o1[torch.isfinite(o1)], o2[torch.isfinite(o2)], **tol)
+    torch.testing.assert_close(gw1, gw2, **tol)
+    torch.testing.assert_close(gt1, gt2, **tol)
+
+
+@pytest.mark.parametrize("n_out", [1, 7, 8, 9, 1024, 1025, 2049, 5000])
+def test_scan_blocks_cover_the_layer(n_out: int) -> None:
+    width = numba_cpu.block_width(n_out)
+    n_blocks, _ = numba_cpu.scan_tasks(n_out, 2)
+    assert width % 8 == 0 and width <= max(8, numba_cpu.BLOCK)
+    assert (n_blocks - 1) * width < n_out <= n_blocks * width
 
 
 def _gradcheck_case(seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,14 +114,17 @@ class _RelpspLinearNumba(torch.autograd.Function):
         from . import numba_cpu
 
         times, w_t, anchor, inv_slope, n_causal, order, n_spikes = ctx.scan
-        with np.errstate(invalid="ignore", over="ignore"):  # extreme slopes: saturated by stdbp.functional
-            grad_scaled = np.ascontiguousarray(grad_out.detach().numpy() * inv_slope)
+        with np.errstate(invalid="ignore", over="ignore"):  # extreme slopes: saturated below
+            grad_scaled = grad_out.detach().contiguous().numpy() * inv_slope
+        top_a, top_t = np.abs(grad_scaled).max(initial=0.0), anchor.max(initial=0.0)  # NaN if any is NaN
         grad_t = grad_w = None
         if ctx.needs_input_grad[1]:
-            grad_w_t = np.zeros_like(w_t)
+            grad_w_t = np.empty_like(w_t)
             n_blocks = max(1, min(numba.get_num_threads(), w_t.shape[1] // 16))  # wide blocks: fewer per-block passes
             numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_blocks, grad_w_t)
-            numba_cpu.saturate_(grad_w_t.reshape(-1))
+            # each entry sums batch terms a * (t_i - t_j), |t_i - t_j| <= max |anchor|: saturate only if that may overflow
+            if not float(top_a) * float(top_t) * len(anchor) < 0.5 * float(np.finfo(w_t.dtype).max):
+                numba_cpu.saturate_(grad_w_t.reshape(-1))
             grad_w = torch.from_numpy(grad_w_t).t()
         if ctx.needs_input_grad[0]:
             grad_t_np = np.zeros(times.shape, dtype=times.dtype)

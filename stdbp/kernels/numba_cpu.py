@@ -91,86 +91,123 @@ def _sorted_spikes(t_row, key_row, order_row, times_row):  # pragma: no cover - 
     return count
 
 
-#: Most neurons per block of the scan (blocks are of equal size): a block's weights stay in
-#: cache while it is scanned for sample after sample.
-BLOCK = 256
+#: Most neurons per block of the scan (blocks are of equal size, a multiple of 8 neurons): a
+#: block's state (four floats per neuron) stays in the first-level cache while its weight rows
+#: stream through; wider blocks pay the per-input overhead (row slicing, alias checks) less often.
+BLOCK = 1024
+
+
+@njit(cache=True)
+def block_width(n_out: int) -> int:
+    """Neurons per block of the scan: the layer in equal blocks of at most ``BLOCK`` neurons,
+    rounded up to a multiple of 8 (whole vectors); the last block may be narrower."""
+    n_blocks = (n_out + BLOCK - 1) // BLOCK
+    return ((n_out + n_blocks - 1) // n_blocks + 7) // 8 * 8
 
 
 def scan_tasks(n_out: int, threads: int) -> tuple[int, int]:
-    """``(n_blocks, n_chunks)`` for a layer of ``n_out`` neurons: equal blocks of at most ``BLOCK``
+    """``(n_blocks, n_chunks)`` for a layer of ``n_out`` neurons: blocks of :func:`block_width`
     neurons (as :func:`relpsp_linear_forward` cuts them), and the batch in chunks so that the
     ``n_blocks * n_chunks`` tasks are at least ``2 * threads`` and a multiple of ``threads``."""
-    n_blocks = -(-n_out // BLOCK)
+    n_blocks = -(-n_out // block_width(n_out))
     n_chunks = -(-2 * threads // n_blocks)
     while (n_blocks * n_chunks) % threads:
         n_chunks += 1
     return n_blocks, n_chunks
 
 
-@njit(cache=True, nogil=True)
-def _scan_block(times, order, count, weight_t, lo, threshold, nc, s, q):  # pragma: no cover - compiled
-    """Scan for the neurons ``lo : lo + len(nc)`` of a layer, branch-free so that it vectorises.
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _scan_block(times, order, count, weight_t, lo, s, r, n, a):  # pragma: no cover - compiled
+    """Scan the sorted spiking inputs for the neurons ``lo : lo + len(s)`` of a layer.
 
-    The loop writes only ``s``, ``q`` and the causal length (few enough arrays for LLVM's alias
-    checks). A neuron's ``s`` and ``q`` stop changing once it has fired (its inputs are
-    multiplied by 0), so at the end they are its values at firing.
+    Per neuron: ``s = sum w`` and ``r = threshold + sum w t`` over the inputs integrated so far,
+    ``n`` their number, and ``a`` = 1 until the neuron fires, then 0 (its later inputs are
+    multiplied by 0, so ``s``, ``r`` and ``n`` keep their values at firing). Input ``k`` at ``t``
+    is integrated, then the neuron fires in ``(t, t_next]`` when ``s > 0`` and ``r <= t_next * s``.
+    When the next input comes at the same time there is nothing to test: ``t_next`` is then NaN,
+    which fails every comparison. Inputs go four at a time, so that each neuron's state is loaded
+    and stored once per four inputs; the loop over neurons is branch-free and vectorises.
     """
-    width = nc.shape[0]
+    width = s.shape[0]
     zero = np.zeros(1, dtype=times.dtype)[0]
-    one = np.ones(1, dtype=times.dtype)[0]
     inf = np.full(1, np.inf, dtype=times.dtype)[0]
-    k_cast = np.zeros(1, dtype=times.dtype)  # k as the array dtype: zero + k would be float64
+    nan = np.full(1, np.nan, dtype=times.dtype)[0]
     k = 0
-    since_check = 0
     while k < count:
-        t_k = times[k]
-        row = weight_t[order[k], lo : lo + width]
-        k += 1
-        t_next = times[k] if k < count else inf
-        if t_next == t_k:
+        if k % 32 == 0 and k > 0:
+            alive = zero
             for j in range(width):
-                w = row[j] * (nc[j] == zero)
-                s[j] += w
-                q[j] += w * t_k
-            continue
-        k_cast[0] = k
-        kf = k_cast[0]
-        for j in range(width):
-            active = nc[j] == zero
-            w = row[j] * active
-            sj = s[j] + w
-            qj = q[j] + w * t_k
-            s[j] = sj
-            q[j] = qj
-            nc[j] += kf * (active & (sj > zero) & (threshold + qj <= t_next * sj))
-        since_check += 1
-        if since_check == 8:
-            since_check = 0
-            silent = zero
+                alive += a[j]
+            if alive == zero:
+                return
+        if k + 4 <= count:
+            t0, t1, t2, t3 = times[k], times[k + 1], times[k + 2], times[k + 3]
+            t4 = times[k + 4] if k + 4 < count else inf
+            x0 = t1 if t1 != t0 else nan
+            x1 = t2 if t2 != t1 else nan
+            x2 = t3 if t3 != t2 else nan
+            x3 = t4 if t4 != t3 else nan
+            w0 = weight_t[order[k], lo : lo + width]
+            w1 = weight_t[order[k + 1], lo : lo + width]
+            w2 = weight_t[order[k + 2], lo : lo + width]
+            w3 = weight_t[order[k + 3], lo : lo + width]
+            k += 4
             for j in range(width):
-                silent += one * (nc[j] == zero)
-            if silent == zero:
-                break
+                aj, sj, rj, nj = a[j], s[j], r[j], n[j]
+                w = w0[j] * aj
+                sj += w
+                rj += w * t0
+                nj += aj
+                aj = zero if (sj > zero) & (rj <= x0 * sj) else aj
+                w = w1[j] * aj
+                sj += w
+                rj += w * t1
+                nj += aj
+                aj = zero if (sj > zero) & (rj <= x1 * sj) else aj
+                w = w2[j] * aj
+                sj += w
+                rj += w * t2
+                nj += aj
+                aj = zero if (sj > zero) & (rj <= x2 * sj) else aj
+                w = w3[j] * aj
+                sj += w
+                rj += w * t3
+                nj += aj
+                a[j] = zero if (sj > zero) & (rj <= x3 * sj) else aj
+                s[j], r[j], n[j] = sj, rj, nj
+        else:
+            t0 = times[k]
+            t1 = times[k + 1] if k + 1 < count else inf
+            x0 = t1 if t1 != t0 else nan
+            w0 = weight_t[order[k], lo : lo + width]
+            k += 1
+            for j in range(width):
+                aj, sj, rj, nj = a[j], s[j], r[j], n[j]
+                w = w0[j] * aj
+                sj += w
+                rj += w * t0
+                n[j] = nj + aj
+                a[j] = zero if (sj > zero) & (rj <= x0 * sj) else aj
+                s[j], r[j] = sj, rj
 
 
 @njit(cache=True, nogil=True)
-def _finish(nc, s, q, count, t_ref, threshold, t_out, anchor, inv_slope, n_causal):  # pragma: no cover - compiled
-    """Write one sample's outputs for a run of neurons from the scan's ``nc``, ``s``, ``q``."""
+def _finish(s, r, n, a, t_ref, t_out, anchor, inv_slope, n_causal):  # pragma: no cover - compiled
+    """Write one sample's outputs for a run of neurons from the scan's ``s``, ``r``, ``n``, ``a``."""
     zero = np.zeros(1, dtype=s.dtype)[0]
     one = np.ones(1, dtype=s.dtype)[0]
     inf = np.full(1, np.inf, dtype=s.dtype)[0]
-    for j in range(nc.shape[0]):
-        if nc[j] > zero:
-            t_fire = (threshold + q[j]) / s[j]
+    for j in range(s.shape[0]):
+        n_causal[j] = n[j]
+        if a[j] == zero:
+            t_fire = r[j] / s[j]
             t_out[j] = t_fire
             anchor[j] = t_fire
             inv_slope[j] = one / s[j]
-            n_causal[j] = nc[j]
         else:
             t_out[j] = inf
             anchor[j] = t_ref
             inv_slope[j] = one
-            n_causal[j] = zero + count
 
 
 @njit(parallel=True, cache=True)
@@ -186,66 +223,72 @@ def relpsp_linear_forward(t_in, keys, weight_t, threshold, t_out, anchor, inv_sl
         anchor: ``(B, N_out)`` time the backward uses: ``t_out``, or the surrogate time for a
             silent neuron (written).
         inv_slope: ``(B, N_out)`` ``1 / sum_C w``, or 1 for a silent neuron (written).
-        n_causal: ``(B, N_out)`` length of the causal prefix of ``order``, stored in the float
-            dtype of ``t_in`` so that the loops that use it vectorise (written).
+        n_causal: ``(B, N_out)`` length of the causal prefix of ``order`` (all spiking inputs for
+            a silent neuron), stored in the float dtype of ``t_in`` so that the loops that use it
+            vectorise (written).
         order: ``(B, N_in)`` int32 spiking input indices in time order (written).
         times: ``(B, N_in)`` their times, in the same order (written).
         n_spikes: ``(B,)`` int32 number of spiking inputs (written).
         n_chunks: the batch is split into this many chunks, so that there are tasks
             (block, chunk) for every thread (:func:`scan_tasks`); results do not depend on it.
 
-    Each neuron keeps ``s = sum w`` and ``q = sum w t`` over the inputs seen so far; it fires in
-    ``(t_k, t_next]`` when ``threshold + q <= t_next * s`` with ``s > 0``, at
-    ``(threshold + q) / s``. Every sample's spikes are sorted first (in parallel over the batch),
-    then scanned per block of neurons and sample (:func:`_scan_block`), the (block, chunk of the
-    batch) tasks in parallel.
+    Every sample's spikes are sorted first (in parallel over the batch), then scanned per block
+    of neurons and sample (:func:`_scan_block`), the (block, chunk of the batch) tasks in parallel.
+    A neuron fires at ``(threshold + sum_C w t) / sum_C w`` (eq. 12).
     """
     batch = t_in.shape[0]
     n_out = weight_t.shape[1]
     horizon = np.full(1, SILENT_HORIZON, dtype=t_in.dtype)[0]
     zero = np.zeros(1, dtype=t_in.dtype)[0]
+    one = np.ones(1, dtype=t_in.dtype)[0]
     for b in prange(batch):
         n_spikes[b] = _sorted_spikes(t_in[b], keys[b], order[b], times[b])
-    n_blocks = (n_out + BLOCK - 1) // BLOCK
-    block = (n_out + n_blocks - 1) // n_blocks
+    block = block_width(n_out)
+    n_blocks = (n_out + block - 1) // block
     chunk = (batch + n_chunks - 1) // n_chunks
     for task in prange(n_blocks * n_chunks):
         lo = (task // n_chunks) * block
         hi = min(lo + block, n_out)
-        nc = np.empty(hi - lo, dtype=t_in.dtype)
         s = np.empty(hi - lo, dtype=t_in.dtype)
-        q = np.empty(hi - lo, dtype=t_in.dtype)
+        r = np.empty(hi - lo, dtype=t_in.dtype)
+        n = np.empty(hi - lo, dtype=t_in.dtype)
+        a = np.empty(hi - lo, dtype=t_in.dtype)
         first = (task % n_chunks) * chunk
         for b in range(first, min(first + chunk, batch)):
             count = n_spikes[b]
-            nc[:] = zero
             s[:] = zero
-            q[:] = zero
-            _scan_block(times[b], order[b], count, weight_t, lo, threshold, nc, s, q)
+            r[:] = threshold
+            n[:] = zero
+            a[:] = one
+            _scan_block(times[b], order[b], count, weight_t, lo, s, r, n, a)
             t_ref = (times[b, count - 1] if count > 0 else zero) + horizon
-            _finish(nc, s, q, count, t_ref, threshold, t_out[b, lo:hi], anchor[b, lo:hi], inv_slope[b, lo:hi], n_causal[b, lo:hi])
+            _finish(s, r, n, a, t_ref, t_out[b, lo:hi], anchor[b, lo:hi], inv_slope[b, lo:hi], n_causal[b, lo:hi])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath={"contract"})
 def relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_blocks, grad_weight_t):  # pragma: no cover
     """``grad_weight_t[i, j] = sum_b a[b, j] * (t_i - t_j)`` over causal ``i`` (eq. 14).
 
     ``grad_scaled`` is ``a = dL/dt_out * inv_slope``, ``(B, N_out)``; ``grad_weight_t`` is the
-    transposed gradient ``(N_in, N_out)``, zeroed by the caller. Parallel over ``n_blocks``
+    transposed gradient ``(N_in, N_out)`` (written). Parallel over ``n_blocks``
     blocks of output neurons, each summing the batch in order, so the result does not depend on
-    the thread count.
+    the thread count. A sample's inputs go four at a time (``a``, ``t_j`` and the causal
+    lengths are loaded once for four rows); the ``k``-th input of a sample counts for neuron ``j``
+    when ``k < n_causal[j]``.
     """
     batch = times.shape[0]
-    n_out = grad_weight_t.shape[1]
+    n_in, n_out = grad_weight_t.shape
     zero = np.zeros(1, dtype=times.dtype)[0]
     block = (n_out + n_blocks - 1) // n_blocks
     for blk in prange(n_blocks):
         lo = blk * block
         width = min(lo + block, n_out) - lo
+        for i in range(n_in):
+            grad_weight_t[i, lo : lo + width] = zero
         a = np.empty(width, dtype=times.dtype)
         t_j = np.empty(width, dtype=times.dtype)
         nc = np.empty(width, dtype=times.dtype)
-        k_cast = np.zeros(1, dtype=times.dtype)  # k as the array dtype: zero + k would be float64
+        k_cast = np.zeros(4, dtype=times.dtype)  # k as the array dtype: zero + k would be float64
         for b in range(batch):
             longest = zero
             for j in range(width):
@@ -253,13 +296,32 @@ def relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n
                 t_j[j] = anchor[b, lo + j]
                 nc[j] = n_causal[b, lo + j]
                 longest = max(longest, nc[j] if a[j] != zero else zero)
-            for k in range(int(longest)):
-                t_i = times[b, k]
-                k_cast[0] = k
-                kf = k_cast[0]
-                g = grad_weight_t[order[b, k], lo : lo + width]
+            stop = int(longest)
+            k = 0
+            while k + 4 <= stop:
+                t0, t1, t2, t3 = times[b, k], times[b, k + 1], times[b, k + 2], times[b, k + 3]
+                for m in range(4):
+                    k_cast[m] = k + m
+                k0, k1, k2, k3 = k_cast[0], k_cast[1], k_cast[2], k_cast[3]
+                g0 = grad_weight_t[order[b, k], lo : lo + width]
+                g1 = grad_weight_t[order[b, k + 1], lo : lo + width]
+                g2 = grad_weight_t[order[b, k + 2], lo : lo + width]
+                g3 = grad_weight_t[order[b, k + 3], lo : lo + width]
+                k += 4
                 for j in range(width):
-                    g[j] += a[j] * (t_i - t_j[j]) * (kf < nc[j])
+                    aj, tj, nj = a[j], t_j[j], nc[j]
+                    g0[j] += aj * (t0 - tj) * (k0 < nj)
+                    g1[j] += aj * (t1 - tj) * (k1 < nj)
+                    g2[j] += aj * (t2 - tj) * (k2 < nj)
+                    g3[j] += aj * (t3 - tj) * (k3 < nj)
+            while k < stop:
+                t0 = times[b, k]
+                k_cast[0] = k
+                k0 = k_cast[0]
+                g0 = grad_weight_t[order[b, k], lo : lo + width]
+                k += 1
+                for j in range(width):
+                    g0[j] += a[j] * (t0 - t_j[j]) * (k0 < nc[j])
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
