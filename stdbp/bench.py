@@ -17,17 +17,19 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from .checkpoint import load_model
 from .data import load_dataset
 from .functional import first_spike_cross_entropy
 from .models import build, parse_arch
 from .train import encode
 
-__all__ = ["relu_network", "snntorch_network", "make_steps", "run_bench", "tiny_arch"]
+__all__ = ["relu_network", "snntorch_network", "make_steps", "run_bench", "shipped_checkpoint", "tiny_arch"]
 
 DEFAULT_ARCHS = ("784-800-10", "28x28-6C5-P2-16C5-P2-1024-128-10")
 
@@ -96,16 +98,23 @@ def latency_spike_train(t_in: torch.Tensor, num_steps: int) -> torch.Tensor:
 
 
 def make_steps(
-    arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]], snn_steps: tuple[int, ...] = (25,), only: str | None = None
+    arch: str,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    snn_steps: tuple[int, ...] = (25,),
+    only: str | None = None,
+    trained: str | os.PathLike | None = None,
 ) -> dict[str, Callable[[int], None]]:
     """One training-step function per configuration, each taking the index of the batch to use.
 
-    With ``only``, just that configuration is built (for memory probes).
+    With ``only``, just that configuration is built (for memory probes). With ``trained`` (a
+    checkpoint of ``arch``), also ``stdbp_trained``: the same step starting from trained weights.
     """
     torch.manual_seed(0)
     steps: dict[str, Callable[[int], None]] = {}
     if only in (None, "stdbp"):
         steps["stdbp"] = _stdbp_step(arch, batches)
+    if trained is not None and only in (None, "stdbp_trained"):
+        steps["stdbp_trained"] = _stdbp_step(arch, batches, trained)
     if only in (None, "relu"):
         steps["relu"] = _relu_step(arch, batches)
     for num_steps in snn_steps:
@@ -130,9 +139,16 @@ def _adam_step(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], 
     return step
 
 
-def _stdbp_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], None]:
+def _stdbp_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]], checkpoint: str | os.PathLike | None = None) -> Callable[[int], None]:
     coded = [(encode(images, 1.0), labels) for images, labels in batches]
-    return _adam_step(build(arch), coded, lambda t_out, labels: first_spike_cross_entropy(t_out, labels, tau=0.05))
+    model = load_model(checkpoint, arch) if checkpoint is not None else build(arch)
+    return _adam_step(model, coded, lambda t_out, labels: first_spike_cross_entropy(t_out, labels, tau=0.05))
+
+
+def shipped_checkpoint(arch: str) -> Path | None:
+    """The repository's trained MNIST network of ``arch`` (``pretrained/mnist-ARCH.pt``), if there is one."""
+    path = Path(__file__).resolve().parents[1] / "pretrained" / f"mnist-{arch}.pt"
+    return path if path.is_file() else None
 
 
 def _relu_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], None]:
@@ -222,12 +238,27 @@ def memory_probe(arch: str, batch_size: int, name: str) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def run_bench(archs: tuple[str, ...], batch_sizes: tuple[int, ...], warmup: int = 10, repeats: int = 60, memory: bool = True, snn_steps: tuple[int, ...] = (25, 100)) -> dict[str, Any]:
-    """Measure every (arch, batch size); returns ``{"machine": ..., "results": [...]}``."""
+def run_bench(
+    archs: tuple[str, ...],
+    batch_sizes: tuple[int, ...],
+    warmup: int = 10,
+    repeats: int = 60,
+    memory: bool = True,
+    snn_steps: tuple[int, ...] = (25, 100),
+    trained: bool = True,
+) -> dict[str, Any]:
+    """Measure every (arch, batch size); returns ``{"machine": ..., "results": [...]}``.
+
+    The stdbp step is timed on a freshly initialised network (``stdbp_step_ms``, the figure
+    compared with ReLU); with ``trained``, also from the repository's trained network of that
+    architecture where there is one (``stdbp_trained_step_ms``): trained networks spike less, so
+    their steps are cheaper.
+    """
     results = []
     for arch in archs:
+        checkpoint = shipped_checkpoint(arch) if trained else None
         for batch_size in batch_sizes:
-            steps = make_steps(arch, _batches(batch_size, 8), snn_steps)
+            steps = make_steps(arch, _batches(batch_size, 8), snn_steps, trained=checkpoint)
             ms = time_steps(steps, warmup, repeats, slow={n for n in steps if n.startswith("snntorch")})
             row: dict[str, Any] = {
                 "arch": arch,
@@ -238,12 +269,16 @@ def run_bench(archs: tuple[str, ...], batch_sizes: tuple[int, ...], warmup: int 
                 "stdbp_epoch_s": round(ms["stdbp"] * 60000 / batch_size / 1000, 1),
                 "relu_epoch_s": round(ms["relu"] * 60000 / batch_size / 1000, 1),
             }
+            if checkpoint is not None:
+                row["stdbp_trained_step_ms"] = round(ms["stdbp_trained"], 3)
+                row["ratio_vs_relu_trained"] = round(ms["stdbp_trained"] / ms["relu"], 3)
+                row["trained_checkpoint"] = f"pretrained/{checkpoint.name}"
             for name in steps:
                 if name.startswith("snntorch"):
                     row[f"{name}_step_ms"] = round(ms[name], 3)
                     row[f"speedup_vs_{name}"] = round(ms[name] / ms["stdbp"], 2)
             if memory:
-                for name in steps:
+                for name in (n for n in steps if n != "stdbp_trained"):
                     row[f"{name}_peak_mib"] = round(memory_probe(arch, batch_size, name), 1)
                 row["memory_ratio_vs_relu"] = round(row["stdbp_peak_mib"] / max(row["relu_peak_mib"], 1e-9), 2)
             results.append(row)

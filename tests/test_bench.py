@@ -44,3 +44,17 @@ def test_tiny_arch_has_the_same_layer_kinds() -> None:
         assert [type(layer).__name__ for layer in build(tiny).layers] == kinds
         assert sum(p.numel() for p in build(tiny).parameters()) < sum(p.numel() for p in build(arch).parameters()) / 10
     assert tiny_arch("28x28-6C5-P2-16C5-P2-1024-128-10") == "28x28-1C5-P2-1C5-P2-1-1-10"
+
+
+def test_bench_times_the_shipped_trained_network_too(capsys: pytest.CaptureFixture) -> None:
+    from stdbp.bench import shipped_checkpoint
+
+    assert shipped_checkpoint("784-800-10") is not None and shipped_checkpoint("784-7-10") is None
+    argv = ["bench", "--arch", "784-800-10", "--batch-size", "4", "--repeats", "2", "--warmup", "1", "--snn-steps", "--no-memory", "--json"]
+    assert main(argv) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["trained_checkpoint"] == "pretrained/mnist-784-800-10.pt"
+    assert row["ratio_vs_relu_trained"] == pytest.approx(row["stdbp_trained_step_ms"] / row["relu_step_ms"], rel=1e-2)
+    assert main([*argv, "--no-trained"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert "stdbp_trained_step_ms" not in row
