@@ -60,7 +60,7 @@ def layer_times(layer: SpikingLinear, t_in: torch.Tensor, repeats: int) -> tuple
     forward()
     grad_scaled = (np.random.default_rng(0).standard_normal((batch, n_out)) * outs[2]).astype(np.float32)
     grad_w, grad_in = np.zeros_like(w_t), np.zeros((batch, n_in), np.float32)
-    row["grad_weight_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, outs[1], outs[3], order, numba.get_num_threads(), grad_w), repeats)
+    row["grad_weight_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, outs[1], outs[3], order, n_spikes, numba.get_num_threads(), grad_w), repeats)
     row["grad_input_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_input(w_t, grad_scaled, outs[3], order, n_spikes, grad_in), repeats)
     row["spiking_inputs_per_sample"] = float(n_spikes.mean())
     row["fired_fraction"] = float(np.isfinite(outs[0]).mean())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stdbp import functional as F
-from stdbp.kernels import SILENT_HORIZON, numba_cpu, relpsp_linear_reference
+from stdbp.kernels import SILENT_HORIZON, numba_cpu, relpsp_linear_reference, sort_keys
 
 from .oracles import random_case, relpsp_brute_force
 
@@ -275,3 +275,24 @@ def test_all_finite_tells_saturated_from_non_finite() -> None:
     assert all_finite([big, torch.ones(3)])
     assert not all_finite([torch.tensor([1.0, float("inf")])]) and not all_finite([torch.ones(2), torch.tensor([float("nan")])])
     assert all_finite([])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_gradient_does_not_depend_on_the_row_parts(dtype: type) -> None:
+    """Each row is summed over the batch in order by one task: bitwise the same for any cut."""
+    rng = np.random.default_rng(5)
+    t, w = random_case(rng, batch=6, n_in=37, n_out=21)
+    t_np, w_t = t.numpy().astype(dtype), np.ascontiguousarray(w.numpy().T.astype(dtype))
+    batch, n_in = t_np.shape
+    outs = [np.empty((batch, 21), dtype) for _ in range(4)]
+    order, times, n_spikes = np.empty((batch, n_in), np.int32), np.empty((batch, n_in), dtype), np.empty(batch, np.int32)
+    numba_cpu.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, dtype(1.0), *outs, order, times, n_spikes, 1)
+    grad_scaled = rng.normal(size=(batch, 21)).astype(dtype) * outs[2]
+    grads = []
+    for n_parts in (1, 2, 3, 7, 37):
+        grad = np.full_like(w_t, np.nan)  # every entry must be written
+        numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, outs[1], outs[3], order, n_spikes, n_parts, grad)
+        grads.append(grad)
+    assert np.isfinite(grads[0]).all() and np.abs(grads[0]).max() > 0
+    for grad in grads[1:]:
+        assert np.array_equal(grad, grads[0])

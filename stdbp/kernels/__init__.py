@@ -120,8 +120,7 @@ class _RelpspLinearNumba(torch.autograd.Function):
         grad_t = grad_w = None
         if ctx.needs_input_grad[1]:
             grad_w_t = np.empty_like(w_t)
-            n_blocks = max(1, min(numba.get_num_threads(), w_t.shape[1] // 16))  # wide blocks: fewer per-block passes
-            numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_blocks, grad_w_t)
+            numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_spikes, numba.get_num_threads(), grad_w_t)
             # each entry sums batch terms a * (t_i - t_j), |t_i - t_j| <= max |anchor|: saturate only if that may overflow
             if not float(top_a) * float(top_t) * len(anchor) < 0.5 * float(np.finfo(w_t.dtype).max):
                 numba_cpu.saturate_(grad_w_t.reshape(-1))

@@ -266,69 +266,77 @@ def relpsp_linear_forward(t_in, keys, weight_t, threshold, t_out, anchor, inv_sl
 
 
 @njit(parallel=True, cache=True, fastmath={"contract"})
-def relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_blocks, grad_weight_t):  # pragma: no cover
+def relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_spikes, n_parts, grad_weight_t):  # pragma: no cover
     """``grad_weight_t[i, j] = sum_b a[b, j] * (t_i - t_j)`` over causal ``i`` (eq. 14).
 
     ``grad_scaled`` is ``a = dL/dt_out * inv_slope``, ``(B, N_out)``; ``grad_weight_t`` is the
-    transposed gradient ``(N_in, N_out)`` (written). Parallel over ``n_blocks``
-    blocks of output neurons, each summing the batch in order, so the result does not depend on
-    the thread count. A sample's inputs go four at a time (``a``, ``t_j`` and the causal
-    lengths are loaded once for four rows); the ``k``-th input of a sample counts for neuron ``j``
-    when ``k < n_causal[j]``.
+    transposed gradient ``(N_in, N_out)`` (written). The rows (inputs) are cut into ``n_parts``
+    ranges, one task each: every task walks each sample's spikes in time order and keeps those of
+    its rows, so each row is summed over the batch in order by one task and the result does not
+    depend on the number of parts or threads. The ``k``-th spike of a sample counts for neuron
+    ``j`` when ``k < n_causal[j]``; spikes go four at a time (``a``, ``t_j`` and the causal
+    lengths are loaded once for four rows).
     """
     batch = times.shape[0]
     n_in, n_out = grad_weight_t.shape
     zero = np.zeros(1, dtype=times.dtype)[0]
-    block = (n_out + n_blocks - 1) // n_blocks
-    for blk in prange(n_blocks):
-        lo = blk * block
-        width = min(lo + block, n_out) - lo
-        for i in range(n_in):
-            grad_weight_t[i, lo : lo + width] = zero
-        a = np.empty(width, dtype=times.dtype)
-        t_j = np.empty(width, dtype=times.dtype)
-        nc = np.empty(width, dtype=times.dtype)
-        k_cast = np.zeros(4, dtype=times.dtype)  # k as the array dtype: zero + k would be float64
+    rows = (n_in + n_parts - 1) // n_parts
+    for part in prange(n_parts):
+        i_lo = part * rows
+        i_hi = min(i_lo + rows, n_in)
+        for i in range(i_lo, i_hi):
+            grad_weight_t[i] = zero
+        a = np.empty(n_out, dtype=times.dtype)
+        t_j = np.empty(n_out, dtype=times.dtype)
+        nc = np.empty(n_out, dtype=times.dtype)
+        mine = np.empty(n_in, dtype=np.int64)  # positions in time order of this part's spikes
+        kf = np.empty(n_in, dtype=times.dtype)  # the same as floats (zero + k would be float64)
         for b in range(batch):
             longest = zero
-            for j in range(width):
-                a[j] = grad_scaled[b, lo + j]
-                t_j[j] = anchor[b, lo + j]
-                nc[j] = n_causal[b, lo + j]
+            for j in range(n_out):
+                a[j] = grad_scaled[b, j]
+                t_j[j] = anchor[b, j]
+                nc[j] = n_causal[b, j]
                 longest = max(longest, nc[j] if a[j] != zero else zero)
-            stop = int(longest)
-            k = 0
-            while k + 4 <= stop:
-                t0, t1, t2, t3 = times[b, k], times[b, k + 1], times[b, k + 2], times[b, k + 3]
-                for m in range(4):
-                    k_cast[m] = k + m
-                k0, k1, k2, k3 = k_cast[0], k_cast[1], k_cast[2], k_cast[3]
-                g0 = grad_weight_t[order[b, k], lo : lo + width]
-                g1 = grad_weight_t[order[b, k + 1], lo : lo + width]
-                g2 = grad_weight_t[order[b, k + 2], lo : lo + width]
-                g3 = grad_weight_t[order[b, k + 3], lo : lo + width]
-                k += 4
-                for j in range(width):
+            n_mine = 0
+            for k in range(min(int(longest), n_spikes[b])):
+                i = order[b, k]
+                if i_lo <= i < i_hi:
+                    mine[n_mine] = k
+                    kf[n_mine] = k
+                    n_mine += 1
+            e = 0
+            while e + 4 <= n_mine:
+                k0, k1, k2, k3 = mine[e], mine[e + 1], mine[e + 2], mine[e + 3]
+                t0, t1, t2, t3 = times[b, k0], times[b, k1], times[b, k2], times[b, k3]
+                f0, f1, f2, f3 = kf[e], kf[e + 1], kf[e + 2], kf[e + 3]
+                g0 = grad_weight_t[order[b, k0]]
+                g1 = grad_weight_t[order[b, k1]]
+                g2 = grad_weight_t[order[b, k2]]
+                g3 = grad_weight_t[order[b, k3]]
+                e += 4
+                for j in range(n_out):
                     aj, tj, nj = a[j], t_j[j], nc[j]
-                    g0[j] += aj * (t0 - tj) * (k0 < nj)
-                    g1[j] += aj * (t1 - tj) * (k1 < nj)
-                    g2[j] += aj * (t2 - tj) * (k2 < nj)
-                    g3[j] += aj * (t3 - tj) * (k3 < nj)
-            while k < stop:
-                t0 = times[b, k]
-                k_cast[0] = k
-                k0 = k_cast[0]
-                g0 = grad_weight_t[order[b, k], lo : lo + width]
-                k += 1
-                for j in range(width):
-                    g0[j] += a[j] * (t0 - t_j[j]) * (k0 < nc[j])
+                    g0[j] += aj * (t0 - tj) * (f0 < nj)
+                    g1[j] += aj * (t1 - tj) * (f1 < nj)
+                    g2[j] += aj * (t2 - tj) * (f2 < nj)
+                    g3[j] += aj * (t3 - tj) * (f3 < nj)
+            while e < n_mine:
+                k0 = mine[e]
+                t0 = times[b, k0]
+                f0 = kf[e]
+                g0 = grad_weight_t[order[b, k0]]
+                e += 1
+                for j in range(n_out):
+                    g0[j] += a[j] * (t0 - t_j[j]) * (f0 < nc[j])
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
 def relpsp_linear_backward_input(weight_t, grad_scaled, n_causal, order, n_spikes, grad_in):  # pragma: no cover
     """``grad_in[b, i] = sum_j a[b, j] * w_ij`` over neurons ``j`` for which ``i`` is causal (eq. 15).
 
-    ``grad_in`` is ``(B, N_in)`` and must be zeroed by the caller. The sum over ``j`` may be
+    ``grad_in`` is ``(B, N_in)`` and must be zeroed by the caller. Spikes go four at a time
+    (``a`` and the causal lengths loaded once for four rows). The sum over ``j`` may be
     reassociated (vectorised), which is deterministic for a given machine and build.
     """
     batch = grad_in.shape[0]
@@ -337,16 +345,34 @@ def relpsp_linear_backward_input(weight_t, grad_scaled, n_causal, order, n_spike
     for b in prange(batch):
         a = grad_scaled[b].copy()
         nc = n_causal[b].copy()
-        k_cast = np.zeros(1, dtype=grad_in.dtype)
-        for k in range(n_spikes[b]):
-            i = order[b, k]
-            row = weight_t[i]
-            k_cast[0] = k
-            kf = k_cast[0]
-            acc = zero
+        k_cast = np.zeros(4, dtype=grad_in.dtype)
+        count = n_spikes[b]
+        k = 0
+        while k + 4 <= count:
+            i0, i1, i2, i3 = order[b, k], order[b, k + 1], order[b, k + 2], order[b, k + 3]
+            w0, w1, w2, w3 = weight_t[i0], weight_t[i1], weight_t[i2], weight_t[i3]
+            for m in range(4):
+                k_cast[m] = k + m
+            f0, f1, f2, f3 = k_cast[0], k_cast[1], k_cast[2], k_cast[3]
+            acc0 = acc1 = acc2 = acc3 = zero
             for j in range(n_out):
-                acc += a[j] * row[j] * (kf < nc[j])
-            grad_in[b, i] = acc
+                aj, nj = a[j], nc[j]
+                acc0 += aj * w0[j] * (f0 < nj)
+                acc1 += aj * w1[j] * (f1 < nj)
+                acc2 += aj * w2[j] * (f2 < nj)
+                acc3 += aj * w3[j] * (f3 < nj)
+            grad_in[b, i0], grad_in[b, i1], grad_in[b, i2], grad_in[b, i3] = acc0, acc1, acc2, acc3
+            k += 4
+        while k < count:
+            i0 = order[b, k]
+            w0 = weight_t[i0]
+            k_cast[0] = k
+            f0 = k_cast[0]
+            acc0 = zero
+            for j in range(n_out):
+                acc0 += a[j] * w0[j] * (f0 < nc[j])
+            grad_in[b, i0] = acc0
+            k += 1
 
 
 @njit(parallel=True, cache=True)
