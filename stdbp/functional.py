@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels import relpsp_conv2d_kernel, relpsp_linear_kernel
+from .kernels import earliest_spike_pool2d_kernel, relpsp_conv2d_kernel, relpsp_linear_kernel
 
 __all__ = [
     "relpsp_linear",
@@ -141,6 +141,7 @@ def earliest_spike_pool2d(
     t_in: Tensor,
     kernel_size: int | tuple[int, int],
     stride: int | tuple[int, int] | None = None,
+    backend: str | None = None,
 ) -> Tensor:
     """Earliest-spike pooling: the first spike time in each window, ``-max_pool2d(-t_in)``.
 
@@ -149,6 +150,7 @@ def earliest_spike_pool2d(
         kernel_size: window size, an int or ``(kH, kW)``.
         stride: step between windows; default ``kernel_size``. Windows that do not fit are
             dropped, as in :func:`torch.nn.functional.max_pool2d` (no ceil mode, no padding).
+        backend: ``"numba"`` (one pass, CPU) or ``"reference"`` (``max_pool2d``); default by device.
 
     Returns:
         ``(B, C, H_out, W_out)`` spike times, ``+inf`` for a window without spikes.
@@ -164,8 +166,7 @@ def earliest_spike_pool2d(
         if size < kernel:
             raise ValueError(f"pooling window {kernel} does not fit the input {axis} {size}")
     check_spike_times(t_in)
-    t_out = -F.max_pool2d(-t_in, kernel_hw, stride_hw)
-    return torch.where(torch.isinf(t_out), t_out.detach(), t_out)
+    return earliest_spike_pool2d_kernel(t_in, kernel_hw, stride_hw, backend)
 
 
 class _FillSilent(torch.autograd.Function):

@@ -120,13 +120,14 @@ class SpikingConv2d(nn.Module):
 class EarliestSpikePool2d(nn.Module):
     """Earliest-spike pooling, :func:`stdbp.functional.earliest_spike_pool2d`: ``(B, C, H, W)`` -> ``(B, C, H // k, W // k)`` for the default stride."""
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> None:
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None, backend: str | None = None) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride
+        self.backend = backend
 
     def forward(self, t_in: Tensor) -> Tensor:
-        return F.earliest_spike_pool2d(t_in, self.kernel_size, self.stride)
+        return F.earliest_spike_pool2d(t_in, self.kernel_size, self.stride, self.backend)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"

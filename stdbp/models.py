@@ -99,7 +99,7 @@ def _spatial_layer(spec: LayerSpec, shape: tuple[int, ...], arch: str, threshold
         raise ArchitectureError(f"{token!r} in architecture {arch!r}: its {what} {k}x{k} is larger than its {height}x{width} input map")
     if spec.kind == "conv":
         return SpikingConv2d(channels, spec.size, k, threshold=threshold, backend=backend), (spec.size, height - k + 1, width - k + 1)
-    return EarliestSpikePool2d(k), (channels, height // k, width // k)
+    return EarliestSpikePool2d(k, backend=backend), (channels, height // k, width // k)
 
 
 class SpikingNetwork(nn.Module):

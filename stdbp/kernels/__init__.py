@@ -29,6 +29,8 @@ __all__ = [
     "resolve_backend",
     "relpsp_linear_kernel",
     "relpsp_conv2d_kernel",
+    "earliest_spike_pool2d_kernel",
+    "earliest_spike_pool2d_reference",
 ]
 
 
@@ -209,3 +211,44 @@ def relpsp_conv2d_kernel(
     if name == "reference":
         return relpsp_conv2d_reference(_saturating(t_in), _saturating(weight), threshold, stride, padding)
     return _RelpspConv2dNumba.apply(t_in, weight, threshold, stride, padding)
+
+
+def earliest_spike_pool2d_reference(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+    """Earliest-spike pooling in PyTorch, ``-max_pool2d(-t_in)``; windows without spikes pass no gradient."""
+    t_out = -torch.nn.functional.max_pool2d(-t_in, kernel, stride)
+    return torch.where(torch.isinf(t_out), t_out.detach(), t_out)
+
+
+class _EarliestSpikePoolNumba(torch.autograd.Function):
+    """Autograd wrapper of ``numba_pool``: the earliest spike of each window, its gradient back to it."""
+
+    @staticmethod
+    def forward(ctx, t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:  # type: ignore[override]
+        from . import numba_pool
+
+        batch, channels, height, width = t_in.shape
+        h_out = (height - kernel[0]) // stride[0] + 1
+        w_out = (width - kernel[1]) // stride[1] + 1
+        planes = t_in.detach().contiguous().numpy().reshape(batch * channels, height, width)
+        t_out = np.empty((batch * channels, h_out, w_out), dtype=planes.dtype)
+        argmin = np.empty((batch * channels, h_out, w_out), dtype=np.int32)
+        numba_pool.pool_forward(planes, *kernel, *stride, t_out, argmin)
+        ctx.argmin, ctx.in_shape = argmin, t_in.shape
+        return torch.from_numpy(t_out).view(batch, channels, h_out, w_out)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        from . import numba_pool
+
+        batch, channels, height, width = ctx.in_shape
+        grad = grad_out.detach().contiguous().numpy().reshape(ctx.argmin.shape)
+        grad_in = np.zeros((batch * channels, height * width), dtype=grad.dtype)
+        numba_pool.pool_backward(grad, ctx.argmin, grad_in)
+        return torch.from_numpy(grad_in).view(ctx.in_shape), None, None
+
+
+def earliest_spike_pool2d_kernel(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], backend: str | None = None) -> Tensor:
+    """Dispatch earliest-spike pooling; inputs are assumed valid (see ``stdbp.functional``)."""
+    if resolve_backend(t_in.device, backend) == "reference":
+        return earliest_spike_pool2d_reference(t_in, kernel, stride)
+    return _EarliestSpikePoolNumba.apply(t_in, kernel, stride)
