@@ -4,9 +4,11 @@ Usage: NUMBA_NUM_THREADS=1 python benchmarks/layer_times.py [--arch 784-800-10] 
 
 For each fully connected ReL-PSP layer of a freshly initialised network (or of ``--checkpoint``),
 on a real MNIST batch: the sort of the spiking inputs alone, the whole forward kernel, the
-weight-gradient and input-gradient kernels, with the number of spiking inputs per sample and
-nanoseconds per neuron update (forward time / (batch * spiking inputs * neurons)). Then PyTorch's
-fused Adam on that layer's weights, contiguous and transposed. Medians of CPU time over repeats.
+weight-gradient and input-gradient kernels (called as the training step calls them), with the
+number of spiking inputs per sample and nanoseconds per neuron update (forward time / (batch *
+spiking inputs * neurons)). Then PyTorch's fused Adam on that layer's weights, contiguous and
+transposed. Medians of wall time over repeats, on numba's (and PyTorch's) thread count:
+``NUMBA_NUM_THREADS=1`` for one thread.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def main() -> None:
     model = load_model(args.checkpoint) if args.checkpoint else build(args.arch)
     images, _ = _batches(args.batch_size, 1)[0]
     t = model.shape_input(encode(images, 1.0))
-    print(f"{args.checkpoint or args.arch}, batch {args.batch_size}, one thread, medians of {args.repeats} (CPU time)")
+    print(f"{args.checkpoint or args.arch}, batch {args.batch_size}, {numba.get_num_threads()} thread(s), medians of {args.repeats} (wall time)")
     for index, layer in enumerate(model.layers):
         if not isinstance(layer, SpikingLinear):
             raise SystemExit(f"layer {index} is not fully connected: this script times SpikingLinear layers only")

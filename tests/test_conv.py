@@ -72,6 +72,10 @@ def test_numba_matches_reference(dtype, stride, padding):
             tol = (1e-11 if dtype == torch.float64 else 1e-4) * max(1.0, gr.abs().max().item())
             torch.testing.assert_close(gf, gr, rtol=0, atol=tol)
         assert (grads_fast[0][torch.isinf(t.detach())] == 0).all()  # silent inputs get no gradient
+        # An input that needs no gradient (a first layer's) skips it: the weight gradient is the same.
+        w_only = w.detach().clone().requires_grad_(True)
+        (grad_w_only,) = torch.autograd.grad(F.relpsp_conv2d(t.detach(), w_only, 1.0, stride, padding, backend="numba"), w_only, g)
+        assert torch.equal(grad_w_only, grads_fast[1])
 
 
 @pytest.mark.parametrize("backend", ["numba", "reference"])

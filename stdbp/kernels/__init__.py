@@ -159,7 +159,7 @@ class _RelpspConv2dNumba(torch.autograd.Function):
         weight_f = np.ascontiguousarray(weight.detach().flip(3).permute(1, 2, 3, 0).reshape(c_in * k_h, k_w * c_out).numpy())
         dtype = t_flat.dtype
         n_out = h_out * w_out * c_out
-        t_out = np.empty((batch, n_out), dtype=dtype)  # neuron state in (H_out, W_out, C_out) order
+        t_out = np.empty((batch, n_out), dtype=dtype)  # (C_out, H_out, W_out) order; the state below is (H_out, W_out, C_out)
         anchor = np.empty_like(t_out)
         inv_slope = np.empty_like(t_out)
         n_causal = np.empty_like(anchor)
@@ -170,7 +170,7 @@ class _RelpspConv2dNumba(torch.autograd.Function):
         numba_conv.relpsp_conv2d_forward(t_flat, sort_keys(t_flat), weight_f, dtype.type(threshold), geometry, t_out, anchor, inv_slope, n_causal, order, times, n_spikes)
         ctx.scan = (weight_f, anchor, inv_slope, n_causal, order, times, n_spikes)
         ctx.geometry = geometry
-        return torch.from_numpy(t_out).view(batch, h_out, w_out, c_out).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(t_out).view(batch, c_out, h_out, w_out)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
@@ -180,12 +180,12 @@ class _RelpspConv2dNumba(torch.autograd.Function):
         geometry = ctx.geometry
         c_in, h_in, w_in, k_h, k_w = geometry[:5]
         batch = anchor.shape[0]
-        grad_hwc = grad_out.detach().permute(0, 2, 3, 1).reshape(anchor.shape).numpy()  # (B, H_out*W_out*C_out)
-        with np.errstate(invalid="ignore", over="ignore"):  # extreme slopes: saturated by stdbp.functional
-            grad_scaled = np.ascontiguousarray(grad_hwc * inv_slope)
+        grad_nchw = grad_out.detach().contiguous().reshape(anchor.shape).numpy()  # (B, C_out*H_out*W_out)
         grad_in = np.zeros(times.shape, dtype=times.dtype)
         grad_w_partial = np.empty((batch, *weight_f.shape), dtype=times.dtype)
-        numba_conv.relpsp_conv2d_backward(weight_f, grad_scaled, anchor, n_causal, order, times, n_spikes, geometry, grad_in, grad_w_partial)
+        numba_conv.relpsp_conv2d_backward(
+            weight_f, grad_nchw, inv_slope, anchor, n_causal, order, times, n_spikes, geometry, ctx.needs_input_grad[0], grad_in, grad_w_partial
+        )
         grad_t = grad_w = None
         if ctx.needs_input_grad[0]:
             numba_cpu.saturate_(grad_in.reshape(-1))

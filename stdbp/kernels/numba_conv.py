@@ -66,17 +66,18 @@ def _scan_run(s, q, nc, w, t, kf, threshold, zero):  # pragma: no cover - compil
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _finish_run(s, q, nc, t_ref, count, threshold, t_out, anchor, inv_slope, zero, one, inf):  # pragma: no cover - compiled
-    """After the scan, the neurons of one output position: fire at ``(threshold + q) / s`` or stay silent.
+def _finish_run(s, q, nc, t_ref, count, threshold, t_out, p, plane_out, anchor, inv_slope, zero, one, inf):  # pragma: no cover - compiled
+    """After the scan, the neurons of output position ``p``: fire at ``(threshold + q) / s`` or stay silent.
 
     A neuron that has not fired before its field's last input fires after it if ``s > 0``; its
-    causal set, like a silent neuron's, is then every spike of the sample (``count``).
+    causal set, like a silent neuron's, is then every spike of the sample (``count``). ``t_out``
+    is the sample's row in ``(C_out, H_out, W_out)`` order, ``plane_out = H_out * W_out``.
     """
     for e in range(s.shape[0]):
         fired = (nc[e] > zero) | (s[e] > zero)
         slope = s[e] if fired else one
         t_fire = (threshold + q[e]) / slope
-        t_out[e] = t_fire if fired else inf
+        t_out[e * plane_out + p] = t_fire if fired else inf
         anchor[e] = t_fire if fired else t_ref
         inv_slope[e] = one / slope
         nc[e] = nc[e] if nc[e] > zero else count
@@ -91,6 +92,13 @@ def _grad_run(a, t_j, nc, w, g, t_i, kf, zero):  # pragma: no cover - compiled
         acc += m * w[e]
         g[e] += m * (t_i - t_j[e])
     return acc
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _grad_run_weight(a, t_j, nc, g, t_i, kf):  # pragma: no cover - compiled
+    """Eq. 14 alone (the input's gradient is not wanted): add to ``g``."""
+    for e in range(a.shape[0]):
+        g[e] += a[e] * (kf < nc[e]) * (t_i - t_j[e])
 
 
 @njit(cache=True, inline="always")
@@ -122,7 +130,7 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, t_out, an
             ``ox, ox+1, ...`` reached by one input use consecutive weights.
         threshold: scalar of the same dtype as ``t_flat``.
         geometry: ``(C_in, H, W, kH, kW, sH, sW, pH, pW, H_out, W_out)`` ints, in pixels.
-        t_out: ``(B, H_out*W_out*C_out)`` output times, in the neuron-state order (written).
+        t_out: ``(B, C_out*H_out*W_out)`` output times, in PyTorch's ``(C, H, W)`` order (written).
         anchor: ``(B, H_out*W_out*C_out)`` time the backward uses: the output time, or
             ``t_ref`` for a silent neuron (written).
         inv_slope: ``(B, H_out*W_out*C_out)`` ``1 / sum_C w``, or 1 when silent (written).
@@ -170,22 +178,25 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, t_out, an
             lo, hi = p * c_out, (p + 1) * c_out
             _finish_run(
                 s[lo:hi], q[lo:hi], nc[lo:hi], latest[p] + horizon, kbuf[0], threshold,
-                t_out[b, lo:hi], anchor[b, lo:hi], inv_slope[b, lo:hi], zero, one, inf,
+                t_out[b], p, h_out * w_out, anchor[b, lo:hi], inv_slope[b, lo:hi], zero, one, inf,
             )
         n_causal[b] = nc
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
-def relpsp_conv2d_backward(weight_f, grad_scaled, anchor, n_causal, order, times, n_spikes, geometry, grad_in, grad_w_partial):  # pragma: no cover - compiled
+def relpsp_conv2d_backward(weight_f, grad_out, inv_slope, anchor, n_causal, order, times, n_spikes, geometry, want_input, grad_in, grad_w_partial):  # pragma: no cover - compiled
     """Input and weight gradients by eqs. 15 and 14, replaying the forward scan.
 
     Args:
         weight_f: ``(C_in*kH, kW*C_out)`` weights in the layout of :func:`relpsp_conv2d_forward`.
-        grad_scaled: ``(B, H_out*W_out*C_out)`` ``a = dL/dt_out * inv_slope``.
-        anchor, n_causal: as written by :func:`relpsp_conv2d_forward`.
+        grad_out: ``(B, C_out*H_out*W_out)`` ``dL/dt_out`` in PyTorch's ``(C, H, W)`` order; the
+            kernel scales it by ``inv_slope`` into the neuron-state order.
+        inv_slope, anchor, n_causal: as written by :func:`relpsp_conv2d_forward`.
         order, times, n_spikes: the sorted spikes written by the forward pass.
         geometry: as for :func:`relpsp_conv2d_forward`.
-        grad_in: ``(B, C_in*H*W)`` input-time gradient, zeroed by the caller (written at spiking inputs).
+        want_input: whether to compute ``grad_in`` (a first layer's input needs none).
+        grad_in: ``(B, C_in*H*W)`` input-time gradient, zeroed by the caller (written at spiking
+            inputs when ``want_input``).
         grad_w_partial: ``(B, C_in*kH, kW*C_out)`` per-sample weight gradients in the layout of
             ``weight_f`` (written); the caller sums them over the batch in order.
 
@@ -197,8 +208,12 @@ def relpsp_conv2d_backward(weight_f, grad_scaled, anchor, n_causal, order, times
     c_out = weight_f.shape[1] // k_w
     plane = h_in * w_in
     zero = np.zeros(1, dtype=grad_in.dtype)[0]
+    plane_out = h_out * w_out
     for b in prange(batch):
-        a = grad_scaled[b].copy()
+        a = np.empty(plane_out * c_out, dtype=grad_in.dtype)
+        for p in range(plane_out):
+            for e in range(c_out):
+                a[p * c_out + e] = grad_out[b, e * plane_out + p] * inv_slope[b, p * c_out + e]
         t_j = anchor[b].copy()
         nc = n_causal[b].copy()
         gw = np.zeros(weight_f.shape, dtype=grad_in.dtype)
@@ -220,9 +235,13 @@ def relpsp_conv2d_backward(weight_f, grad_scaled, anchor, n_causal, order, times
                     ox = ox_lo + r
                     j0 = (oy * w_out + ox) * c_out
                     w0 = (k_w - 1 - (x + pad_w - ox * stride_w)) * c_out
-                    acc += _grad_run(
-                        a[j0 : j0 + run], t_j[j0 : j0 + run], nc[j0 : j0 + run],
-                        w_row[w0 : w0 + run], g_row[w0 : w0 + run], t_i, kf, zero,
-                    )
-            grad_in[b, idx] = acc
+                    if want_input:
+                        acc += _grad_run(
+                            a[j0 : j0 + run], t_j[j0 : j0 + run], nc[j0 : j0 + run],
+                            w_row[w0 : w0 + run], g_row[w0 : w0 + run], t_i, kf, zero,
+                        )
+                    else:
+                        _grad_run_weight(a[j0 : j0 + run], t_j[j0 : j0 + run], nc[j0 : j0 + run], g_row[w0 : w0 + run], t_i, kf)
+            if want_input:
+                grad_in[b, idx] = acc
         grad_w_partial[b] = gw
