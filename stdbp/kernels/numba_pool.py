@@ -37,9 +37,9 @@ def pool_forward(t_in, k_h, k_w, s_h, s_w, t_out, argmin):  # pragma: no cover -
                     for dx in range(k_w):
                         x = ox * s_w + dx
                         v = t_in[p, y, x]
-                        if v < best:
-                            best = v
-                            where = y * width + x
+                        earlier = v < best  # branch-free: which input wins is unpredictable
+                        where = y * width + x if earlier else where
+                        best = v if earlier else best
                 t_out[p, oy, ox] = best
                 argmin[p, oy, ox] = where
 
