@@ -224,18 +224,22 @@ def tiny_arch(arch: str) -> str:
     return "-".join([*tiny, tokens[-1]])
 
 
-def memory_probe(arch: str, batch_size: int, name: str) -> float:
+def memory_probe(arch: str, batch_size: int, name: str, runs: int = 3) -> float:
     """Peak memory in MiB of ``name``'s training (model, optimizer, steps), in a fresh process.
 
     The peak resident set while the model and optimizer are built and six training steps run,
     less the resident set before. Code is loaded first (and not counted) by training a tiny
     network of the same layer kinds (:func:`tiny_arch`): numba's compiled kernels for stdbp,
-    PyTorch's lazily initialised kernels for the others.
+    PyTorch's lazily initialised kernels for the others. The median of ``runs`` fresh
+    processes: one probe varies by a few MiB with the allocator's state.
     """
-    result = subprocess.run([sys.executable, "-c", _PROBE, arch, str(batch_size), name], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"memory probe for {name} failed: {result.stderr.strip().splitlines()[-1]}")
-    return float(result.stdout.strip().splitlines()[-1])
+    peaks = []
+    for _ in range(runs):
+        result = subprocess.run([sys.executable, "-c", _PROBE, arch, str(batch_size), name], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"memory probe for {name} failed: {result.stderr.strip().splitlines()[-1]}")
+        peaks.append(float(result.stdout.strip().splitlines()[-1]))
+    return statistics.median(peaks)
 
 
 def run_bench(
