@@ -1,8 +1,10 @@
 """The one dispatch point for ReL-PSP kernels.
 
-``backend`` is ``"reference"`` (PyTorch, any device), ``"numba"`` (fast CPU scan) or ``None``
-(the default for the tensor's device: numba on CPU, reference elsewhere). The environment
-variable ``STDBP_KERNEL`` overrides the default for the whole process.
+``backend`` is ``"reference"`` (PyTorch, any device), ``"numba"`` (fast CPU scan), ``"triton"``
+(the scan on CUDA devices, fully connected layers; ``stdbp.kernels.triton_linear``) or ``None``
+(the default for the tensor's device: numba on CPU, triton for fully connected layers on CUDA
+when the triton package is installed, reference otherwise). The environment variable
+``STDBP_KERNEL`` overrides the default for the whole process.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import Tensor
 from .conv_reference import conv_output_size, relpsp_conv2d_reference
 from .reference import SILENT_HORIZON, relpsp_linear_reference
 
-BACKENDS = ("reference", "numba")
+BACKENDS = ("reference", "numba", "triton")
 
 __all__ = [
     "BACKENDS",
@@ -34,15 +36,36 @@ __all__ = [
 ]
 
 
-def resolve_backend(device: torch.device, backend: str | None = None) -> str:
-    """The backend to use for tensors on ``device``."""
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(device: torch.device, backend: str | None = None, kind: str = "linear") -> str:
+    """The backend to use for a ``kind`` of layer (``"linear"``, ``"conv"``, ``"pool"``) on ``device``.
+
+    Only fully connected layers have a Triton kernel: for the other kinds ``"triton"`` means the
+    reference, which runs on the same device.
+    """
     backend = backend or os.environ.get("STDBP_KERNEL") or None
     if backend is None:
-        return "numba" if device.type == "cpu" else "reference"
+        if device.type == "cpu":
+            return "numba"
+        return "triton" if kind == "linear" and device.type == "cuda" and _triton_available() else "reference"
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "numba" and device.type != "cpu":
         raise ValueError(f"the numba kernel runs on the CPU only, not on {device}; use backend='reference'")
+    if backend == "triton":
+        if kind != "linear":
+            return "reference"
+        if not _triton_available():
+            raise ValueError("backend='triton' needs the triton package: pip install triton")
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("the triton kernel runs on CUDA devices (or on the CPU through Triton's interpreter, TRITON_INTERPRET=1)")
     return backend
 
 
@@ -140,6 +163,10 @@ def relpsp_linear_kernel(t_in: Tensor, weight: Tensor, threshold: float, backend
     name = resolve_backend(t_in.device, backend)
     if name == "reference":
         return relpsp_linear_reference(_saturating(t_in), _saturating(weight), threshold)
+    if name == "triton":
+        from .triton_linear import RelpspLinearTriton
+
+        return RelpspLinearTriton.apply(t_in, weight, threshold)
     return _RelpspLinearNumba.apply(t_in, weight, threshold)
 
 
@@ -207,7 +234,7 @@ def relpsp_conv2d_kernel(
     backend: str | None = None,
 ) -> Tensor:
     """Dispatch ``relpsp_conv2d`` to a kernel; inputs are assumed valid (see ``stdbp.functional``)."""
-    name = resolve_backend(t_in.device, backend)
+    name = resolve_backend(t_in.device, backend, kind="conv")
     if name == "reference":
         return relpsp_conv2d_reference(_saturating(t_in), _saturating(weight), threshold, stride, padding)
     return _RelpspConv2dNumba.apply(t_in, weight, threshold, stride, padding)
@@ -249,6 +276,6 @@ class _EarliestSpikePoolNumba(torch.autograd.Function):
 
 def earliest_spike_pool2d_kernel(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], backend: str | None = None) -> Tensor:
     """Dispatch earliest-spike pooling; inputs are assumed valid (see ``stdbp.functional``)."""
-    if resolve_backend(t_in.device, backend) == "reference":
+    if resolve_backend(t_in.device, backend, kind="pool") == "reference":
         return earliest_spike_pool2d_reference(t_in, kernel, stride)
     return _EarliestSpikePoolNumba.apply(t_in, kernel, stride)
