@@ -78,6 +78,23 @@ def test_numba_matches_reference(dtype, stride, padding):
         assert torch.equal(grad_w_only, grads_fast[1])
 
 
+@pytest.mark.parametrize("c_out", [1, 8, 9, 16])
+def test_numba_matches_reference_for_any_channel_count(c_out: int) -> None:
+    """The kernel pads the output channels to whole vectors of 8: padded or not, same results."""
+    t, w = _case(c_out, torch.float64, c_out=c_out)
+    g = torch.randn(3, c_out, 7, 6, generator=torch.Generator().manual_seed(c_out), dtype=torch.float64)
+    results = []
+    for backend in ("numba", "reference"):
+        ti, wi = t.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        out = F.relpsp_conv2d(ti, wi, 1.0, backend=backend)
+        results.append((out.detach(), *torch.autograd.grad(out, (ti, wi), g)))
+    (o1, gt1, gw1), (o2, gt2, gw2) = results
+    assert o1.shape == (3, c_out, 7, 6) and torch.equal(torch.isinf(o1), torch.isinf(o2))
+    torch.testing.assert_close(o1[torch.isfinite(o1)], o2[torch.isfinite(o2)], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gt1, gt2, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gw1, gw2, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("backend", ["numba", "reference"])
 @pytest.mark.parametrize("stride,padding", GEOMETRIES)
 def test_against_brute_force(backend, stride, padding):

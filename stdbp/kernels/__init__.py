@@ -9,6 +9,7 @@ when the triton package is installed, reference otherwise). The environment vari
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 
@@ -170,6 +171,16 @@ def relpsp_linear_kernel(t_in: Tensor, weight: Tensor, threshold: float, backend
     return _RelpspLinearNumba.apply(t_in, weight, threshold)
 
 
+@functools.lru_cache(maxsize=64)
+def _reach_table(geometry: tuple[int, ...], c_out: int) -> np.ndarray:
+    """Where each input of a convolution lands (``numba_conv.reach_table``), once per geometry."""
+    from . import numba_conv
+
+    table = numba_conv.reach_table(geometry, c_out)
+    table.flags.writeable = False
+    return table
+
+
 class _RelpspConv2dNumba(torch.autograd.Function):
     """Autograd wrapper of the numba convolutional scan (``numba_conv``): forward eq. 12, backward eqs. 14-15."""
 
@@ -182,21 +193,24 @@ class _RelpspConv2dNumba(torch.autograd.Function):
         h_out = conv_output_size(h_in, k_h, stride[0], padding[0])
         w_out = conv_output_size(w_in, k_w, stride[1], padding[1])
         t_flat = t_in.detach().reshape(batch, c_in * h_in * w_in).contiguous().numpy()  # (B, C_in*H*W)
-        # (C_in*kH, kW*C_out) with kx flipped: the layout of numba_conv.relpsp_conv2d_forward
-        weight_f = np.ascontiguousarray(weight.detach().flip(3).permute(1, 2, 3, 0).reshape(c_in * k_h, k_w * c_out).numpy())
+        # (C_in*kH, kW*C_pad) with kx flipped: the layout of numba_conv.relpsp_conv2d_forward, the
+        # output channels padded with zero weights to whole vectors of 8 (runs without a scalar tail)
+        c_pad = -(-c_out // 8) * 8
+        weight_p = torch.nn.functional.pad(weight.detach(), (0, 0, 0, 0, 0, 0, 0, c_pad - c_out))
+        weight_f = np.ascontiguousarray(weight_p.flip(3).permute(1, 2, 3, 0).reshape(c_in * k_h, k_w * c_pad).numpy())
         dtype = t_flat.dtype
-        n_out = h_out * w_out * c_out
-        t_out = np.empty((batch, n_out), dtype=dtype)  # (C_out, H_out, W_out) order; the state below is (H_out, W_out, C_out)
-        anchor = np.empty_like(t_out)
-        inv_slope = np.empty_like(t_out)
+        t_out = np.empty((batch, c_out * h_out * w_out), dtype=dtype)  # (C_out, H_out, W_out) order
+        anchor = np.empty((batch, h_out * w_out * c_pad), dtype=dtype)  # the neuron state: (H_out, W_out, C_pad)
+        inv_slope = np.empty_like(anchor)
         n_causal = np.empty_like(anchor)
         order = np.empty(t_flat.shape, dtype=np.int32)
         times = np.empty_like(t_flat)
         n_spikes = np.empty(batch, dtype=np.int32)
         geometry = (c_in, h_in, w_in, k_h, k_w, *stride, *padding, h_out, w_out)
-        numba_conv.relpsp_conv2d_forward(t_flat, sort_keys(t_flat), weight_f, dtype.type(threshold), geometry, t_out, anchor, inv_slope, n_causal, order, times, n_spikes)
+        reach = _reach_table(geometry, c_pad)
+        numba_conv.relpsp_conv2d_forward(t_flat, sort_keys(t_flat), weight_f, dtype.type(threshold), geometry, reach, t_out, anchor, inv_slope, n_causal, order, times, n_spikes)
         ctx.scan = (weight_f, anchor, inv_slope, n_causal, order, times, n_spikes)
-        ctx.geometry = geometry
+        ctx.geometry, ctx.c_out = geometry, c_out
         return torch.from_numpy(t_out).view(batch, c_out, h_out, w_out)
 
     @staticmethod
@@ -207,11 +221,13 @@ class _RelpspConv2dNumba(torch.autograd.Function):
         geometry = ctx.geometry
         c_in, h_in, w_in, k_h, k_w = geometry[:5]
         batch = anchor.shape[0]
-        grad_nchw = grad_out.detach().contiguous().reshape(anchor.shape).numpy()  # (B, C_out*H_out*W_out)
+        c_out, c_pad = ctx.c_out, weight_f.shape[1] // k_w
+        grad_nchw = grad_out.detach().contiguous().reshape(batch, -1).numpy()  # (B, C_out*H_out*W_out)
         grad_in = np.zeros(times.shape, dtype=times.dtype)
         grad_w_partial = np.empty((batch, *weight_f.shape), dtype=times.dtype)
         numba_conv.relpsp_conv2d_backward(
-            weight_f, grad_nchw, inv_slope, anchor, n_causal, order, times, n_spikes, geometry, ctx.needs_input_grad[0], grad_in, grad_w_partial
+            weight_f, grad_nchw, inv_slope, anchor, n_causal, order, times, n_spikes, geometry, _reach_table(geometry, c_pad),
+            ctx.needs_input_grad[0], grad_in, grad_w_partial,
         )
         grad_t = grad_w = None
         if ctx.needs_input_grad[0]:
@@ -220,7 +236,7 @@ class _RelpspConv2dNumba(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w_f = grad_w_partial.sum(axis=0)  # numpy's fixed summation order: reproducible for any thread count
             numba_cpu.saturate_(grad_w_f.reshape(-1))
-            grad_w = torch.from_numpy(grad_w_f).reshape(c_in, k_h, k_w, grad_out.shape[1])
+            grad_w = torch.from_numpy(grad_w_f).reshape(c_in, k_h, k_w, c_pad)[..., :c_out]
             grad_w = grad_w.permute(3, 0, 1, 2).flip(3).contiguous()  # (C_out, C_in, kH, kW)
         return grad_t, grad_w, None, None, None
 
