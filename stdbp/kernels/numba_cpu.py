@@ -133,62 +133,61 @@ def _scan_block(times, order, count, weight_t, lo, s, r, n, a):  # pragma: no co
     inf = np.full(1, np.inf, dtype=times.dtype)[0]
     nan = np.full(1, np.nan, dtype=times.dtype)[0]
     k = 0
-    while k < count:
-        if k % 32 == 0 and k > 0:
-            alive = zero
+    while k + 4 <= count:
+        t0, t1, t2, t3 = times[k], times[k + 1], times[k + 2], times[k + 3]
+        t4 = times[k + 4] if k + 4 < count else inf
+        x0 = t1 if t1 != t0 else nan
+        x1 = t2 if t2 != t1 else nan
+        x2 = t3 if t3 != t2 else nan
+        x3 = t4 if t4 != t3 else nan
+        w0 = weight_t[order[k], lo : lo + width]
+        w1 = weight_t[order[k + 1], lo : lo + width]
+        w2 = weight_t[order[k + 2], lo : lo + width]
+        w3 = weight_t[order[k + 3], lo : lo + width]
+        k += 4
+        if k % 32 == 0:  # stop once every neuron has fired (an integer count, so that it vectorises)
+            alive = 0
             for j in range(width):
-                alive += a[j]
-            if alive == zero:
+                alive += a[j] != zero
+            if alive == 0:
                 return
-        if k + 4 <= count:
-            t0, t1, t2, t3 = times[k], times[k + 1], times[k + 2], times[k + 3]
-            t4 = times[k + 4] if k + 4 < count else inf
-            x0 = t1 if t1 != t0 else nan
-            x1 = t2 if t2 != t1 else nan
-            x2 = t3 if t3 != t2 else nan
-            x3 = t4 if t4 != t3 else nan
-            w0 = weight_t[order[k], lo : lo + width]
-            w1 = weight_t[order[k + 1], lo : lo + width]
-            w2 = weight_t[order[k + 2], lo : lo + width]
-            w3 = weight_t[order[k + 3], lo : lo + width]
-            k += 4
-            for j in range(width):
-                aj, sj, rj, nj = a[j], s[j], r[j], n[j]
-                w = w0[j] * aj
-                sj += w
-                rj += w * t0
-                nj += aj
-                aj = zero if (sj > zero) & (rj <= x0 * sj) else aj
-                w = w1[j] * aj
-                sj += w
-                rj += w * t1
-                nj += aj
-                aj = zero if (sj > zero) & (rj <= x1 * sj) else aj
-                w = w2[j] * aj
-                sj += w
-                rj += w * t2
-                nj += aj
-                aj = zero if (sj > zero) & (rj <= x2 * sj) else aj
-                w = w3[j] * aj
-                sj += w
-                rj += w * t3
-                nj += aj
-                a[j] = zero if (sj > zero) & (rj <= x3 * sj) else aj
-                s[j], r[j], n[j] = sj, rj, nj
-        else:
-            t0 = times[k]
-            t1 = times[k + 1] if k + 1 < count else inf
-            x0 = t1 if t1 != t0 else nan
-            w0 = weight_t[order[k], lo : lo + width]
-            k += 1
-            for j in range(width):
-                aj, sj, rj, nj = a[j], s[j], r[j], n[j]
-                w = w0[j] * aj
-                sj += w
-                rj += w * t0
-                n[j] = nj + aj
-                a[j] = zero if (sj > zero) & (rj <= x0 * sj) else aj
-                s[j], r[j] = sj, rj
+        for j in range(width):
+            aj, sj, rj, nj = a[j], s[j], r[j], n[j]
+            w = w0[j] * aj
+            sj += w
+            rj += w * t0
+            nj += aj
+            aj = zero if (sj > zero) & (rj <= x0 * sj) else aj
+            w = w1[j] * aj
+            sj += w
+            rj += w * t1
+            nj += aj
+            aj = zero if (sj > zero) & (rj <= x1 * sj) else aj
+            w = w2[j] * aj
+            sj += w
+            rj += w * t2
+            nj += aj
+            aj = zero if (sj > zero) & (rj <= x2 * sj) else aj
+            w = w3[j] * aj
+            sj += w
+            rj += w * t3
+            nj += aj
+            a[j] = zero if (sj > zero) & (rj <= x3 * sj) else aj
+            s[j], r[j], n[j] = sj, rj, nj
+    while k < count:
+        t0 = times[k]
+        t1 = times[k + 1] if k + 1 < count else inf
+        x0 = t1 if t1 != t0 else nan
+        w0 = weight_t[order[k], lo : lo + width]
+        k += 1
+        for j in range(width):
+            aj, sj, rj, nj = a[j], s[j], r[j], n[j]
+            w = w0[j] * aj
+            sj += w
+            rj += w * t0
+            n[j] = nj + aj
+            a[j] = zero if (sj > zero) & (rj <= x0 * sj) else aj
+            s[j], r[j] = sj, rj
 
 
 @njit(cache=True, nogil=True)
