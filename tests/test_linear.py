@@ -51,22 +51,28 @@ def test_forward_float32_matches_brute_force(seed: int) -> None:
 def test_numba_matches_reference_forward_and_gradients(dtype: torch.dtype, seed: int) -> None:
     rng = np.random.default_rng(200 + seed)
     t, w = random_case(rng, batch=9, n_in=50, n_out=20, dtype=dtype)
+    # silent outputs get a finite upstream gradient too, exercising the surrogate
     grad_out = torch.tensor(rng.normal(size=(9, 20)), dtype=dtype)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    _, gt1, gw1 = _assert_backends_agree(t, w, 0.8, grad_out, tol)
+    for g in (gt1, gw1):
+        assert torch.isfinite(g).all()
+
+
+def _assert_backends_agree(t: torch.Tensor, w: torch.Tensor, threshold: float, grad_out: torch.Tensor, tol: dict) -> tuple[torch.Tensor, ...]:
+    """Output times and both gradients of the numba kernel against the reference; returns numba's."""
     results = []
     for backend in BACKENDS:
         ti, wi = t.clone().requires_grad_(), w.clone().requires_grad_()
-        out = F.relpsp_linear(ti, wi, 0.8, backend=backend)
-        # silent outputs get a finite upstream gradient too, exercising the surrogate
+        out = F.relpsp_linear(ti, wi, threshold, backend=backend)
         out.backward(grad_out)
         results.append((out.detach(), ti.grad, wi.grad))
     (o1, gt1, gw1), (o2, gt2, gw2) = results
-    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     assert torch.equal(torch.isinf(o1), torch.isinf(o2))
     torch.testing.assert_close(o1[torch.isfinite(o1)], o2[torch.isfinite(o2)], **tol)
     torch.testing.assert_close(gw1, gw2, **tol)
     torch.testing.assert_close(gt1, gt2, **tol)
-    for g in (gt1, gw1):
-        assert torch.isfinite(g).all()
+    return o1, gt1, gw1
 
 
 def test_wide_layer_with_early_and_late_firing_matches_reference() -> None:
@@ -79,20 +85,9 @@ def test_wide_layer_with_early_and_late_firing_matches_reference() -> None:
     w[:, :40] = w[:, :40].abs() + 0.1
     assert numba_cpu.scan_tasks(1100, 1)[0] == 2
     grad_out = torch.tensor(rng.normal(size=(4, 1100)))
-    results = []
-    for backend in BACKENDS:
-        ti, wi = t.clone().requires_grad_(), w.clone().requires_grad_()
-        out = F.relpsp_linear(ti, wi, 1.0, backend=backend)
-        out.backward(grad_out)
-        results.append((out.detach(), ti.grad, wi.grad))
-    (o1, gt1, gw1), (o2, gt2, gw2) = results
+    o1, _, _ = _assert_backends_agree(t, w, 1.0, grad_out, dict(rtol=1e-10, atol=1e-10))
     assert torch.isfinite(o1[0]).all() and (o1[0] < 1.0).all()
     assert torch.isinf(o1[1:3]).any() and torch.isfinite(o1[1:3]).any()
-    assert torch.equal(torch.isinf(o1), torch.isinf(o2))
-    tol = dict(rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(o1[torch.isfinite(o1)], o2[torch.isfinite(o2)], **tol)
-    torch.testing.assert_close(gw1, gw2, **tol)
-    torch.testing.assert_close(gt1, gt2, **tol)
 
 
 @pytest.mark.parametrize("n_out", [1, 7, 8, 9, 1024, 1025, 2049, 5000])

@@ -151,7 +151,7 @@ def _scan_block(times, order, count, weight_t, lo, s, r, n, a):  # pragma: no co
                 alive += a[j] != zero
             if alive == 0:
                 return
-        for j in range(width):
+        for j in range(width):  # the four steps written out: one load and one store of the state
             aj, sj, rj, nj = a[j], s[j], r[j], n[j]
             w = w0[j] * aj
             sj += w
