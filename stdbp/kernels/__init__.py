@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=1)
 def _triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -142,12 +143,12 @@ class _RelpspLinearNumba(torch.autograd.Function):
         times, w_t, anchor, inv_slope, n_causal, order, n_spikes = ctx.scan
         with np.errstate(invalid="ignore", over="ignore"):  # extreme slopes: saturated below
             grad_scaled = grad_out.detach().contiguous().numpy() * inv_slope
-        top_a, top_t = np.abs(grad_scaled).max(initial=0.0), anchor.max(initial=0.0)  # NaN if any is NaN
         grad_t = grad_w = None
         if ctx.needs_input_grad[1]:
             grad_w_t = np.empty_like(w_t)
             numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_spikes, numba.get_num_threads(), grad_w_t)
             # each entry sums batch terms a * (t_i - t_j), |t_i - t_j| <= max |anchor|: saturate only if that may overflow
+            top_a, top_t = np.abs(grad_scaled).max(initial=0.0), anchor.max(initial=0.0)  # NaN if any is NaN
             if not float(top_a) * float(top_t) * len(anchor) < 0.5 * float(np.finfo(w_t.dtype).max):
                 numba_cpu.saturate_(grad_w_t.reshape(-1))
             grad_w = torch.from_numpy(grad_w_t).t()
