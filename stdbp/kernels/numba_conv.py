@@ -27,10 +27,10 @@ Arrays are float32 or float64. Neuron state is laid out ``(H_out, W_out, C_pad)`
 in an output row, and their weights, are each one contiguous run (``kW*C_pad`` long): the inner
 loops run over slices (which also spares numba's negative-index checks) and LLVM vectorises
 them. ``C_pad`` is ``C_out`` rounded up to a multiple of 8 with zero weights (never firing, no
-gradient), so that every run is whole vectors (for 6 channels: 2.5 -> 1.8 ms, a forward of 64 samples). Output times
-are written in PyTorch's ``(C_out, H_out, W_out)`` order; where each input lands (a table per
-geometry, :func:`reach_table`) is computed once, not per spike. As in ``numba_cpu``, constants are cast to the array dtype and hot loops write only local
-arrays.
+gradient), so that every run is whole vectors (for 6 channels: 2.5 -> 1.8 ms for a forward of 64
+samples). Output times are written in PyTorch's ``(C_out, H_out, W_out)`` order; where each input
+lands (a table per geometry, :func:`reach_table`) is computed once, not per spike. As in
+``numba_cpu``, constants are cast to the array dtype and hot loops write only local arrays.
 """
 
 from __future__ import annotations
