@@ -25,6 +25,7 @@ BACKENDS = ("reference", "numba", "triton")
 __all__ = [
     "BACKENDS",
     "all_finite",
+    "saturate",
     "SILENT_HORIZON",
     "relpsp_linear_reference",
     "relpsp_conv2d_reference",
@@ -83,8 +84,9 @@ class _SaturateGradient(torch.autograd.Function):
     Exact STDBP gradients can exceed the floating-point range when a neuron fires with a causal
     weight sum near zero (eq. 14 divides by it). Such entries become the dtype's largest finite
     value with their sign, and an undefined one (``inf - inf``) becomes 0, so that no NaN or inf
-    ever reaches a gradient. The reference kernels are wrapped in it; the numba kernels saturate
-    their gradients themselves (``numba_cpu.saturate_``), in place.
+    ever reaches a gradient. The reference kernels are wrapped in it, the Triton kernel calls
+    :func:`saturate` on its gradients; the numba kernels saturate theirs in place
+    (``numba_cpu.saturate_``).
     """
 
     @staticmethod
@@ -93,10 +95,16 @@ class _SaturateGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        if all_finite([grad]):
-            return grad
-        big = torch.finfo(grad.dtype).max
-        return torch.nan_to_num(grad, nan=0.0, posinf=big, neginf=-big)
+        return saturate(grad)
+
+
+def saturate(grad: Tensor) -> Tensor:
+    """``grad`` with entries beyond the dtype's range at its largest finite value (with their
+    sign) and NaN at 0; ``grad`` itself when every entry is finite (see ``_SaturateGradient``)."""
+    if all_finite([grad]):
+        return grad
+    big = torch.finfo(grad.dtype).max
+    return torch.nan_to_num(grad, nan=0.0, posinf=big, neginf=-big)
 
 
 def _saturating(x: Tensor) -> Tensor:

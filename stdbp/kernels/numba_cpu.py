@@ -1,16 +1,16 @@
 """Event-driven ReL-PSP kernel for the CPU, compiled with numba.
 
 The forward pass sorts each sample's spiking inputs by time (in parallel over the batch) and
-scans only them, in that order, per block of neurons and sample, so that a block's weights stay
-in cache from one sample to the next. Each
-neuron accumulates ``s = sum w`` and ``q = sum w t`` over the inputs seen so far; between two input times its potential is linear, so it fires in ``(t_k, t_next]`` when
-``s > 0`` and ``threshold + q <= t_next * s``, at ``(threshold + q) / s`` (eq. 12). The scan
-stops as soon as every neuron (of the block) has fired.
+scans only them, in that order, per block of neurons and chunk of the batch (:func:`_scan_block`).
+Each neuron accumulates ``s = sum w`` and ``r = threshold + sum w t`` over the inputs integrated
+so far; between two input times its potential is linear, so it fires in ``(t_k, t_next]`` when
+``s > 0`` and ``r <= t_next * s``, at ``r / s`` (eq. 12). A block's scan stops as soon as all its
+neurons have fired.
 
 The backward pass reuses what the forward pass recorded: the time-sorted spiking inputs, and
 for each neuron ``1 / s`` and the length of its causal prefix in that order, so that eqs. 14-15
-are sums over a prefix. Weight gradients are reduced over the batch in a fixed order (parallel
-over blocks of output neurons), so results are bitwise reproducible.
+are sums over a prefix. Weight gradients are summed over the batch in a fixed order (parallel
+over ranges of rows), so results are bitwise reproducible for any thread count.
 
 Arrays are float32 or float64; every constant is cast to the array's type, since a Python
 constant in a float32 loop silently promotes it to float64 and stops LLVM vectorising it.

@@ -19,12 +19,12 @@ one-element tensors, since a Python float argument would be float32. (No ``from 
 import annotations`` here: Triton reads the ``tl.constexpr`` annotations at run time.)
 """
 
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import saturate
 from .reference import SILENT_HORIZON
 
 #: Neurons per program.
@@ -118,11 +118,6 @@ def _input_grad_kernel(
         tl.store(grad_in_ptr + b * n_in + i, tl.sum(acc, axis=0))
 
 
-def _saturate(grad: Tensor) -> Tensor:
-    big = torch.finfo(grad.dtype).max
-    return grad if bool(torch.isfinite(grad).all()) else torch.nan_to_num(grad, nan=0.0, posinf=big, neginf=-big)
-
-
 class RelpspLinearTriton(torch.autograd.Function):
     """Autograd wrapper of the Triton scan: forward eq. 12, backward eqs. 14-15."""
 
@@ -154,9 +149,9 @@ class RelpspLinearTriton(torch.autograd.Function):
             rows = triton.cdiv(n_in, ROW_PARTS)
             grid = (triton.cdiv(n_out, BLOCK_N), triton.cdiv(n_in, rows))
             _weight_grad_kernel[grid](times, order, count, grad_scaled, anchor, n_causal, grad_w_t, batch, n_in, n_out, rows, BLOCK=BLOCK_N)
-            grad_w = _saturate(grad_w_t).t()
+            grad_w = saturate(grad_w_t).t()
         if ctx.needs_input_grad[0]:
             grad_in = torch.zeros(batch, n_in, dtype=times.dtype, device=times.device)
             _input_grad_kernel[(batch,)](order, count, grad_scaled, n_causal, weight_t, grad_in, n_in, n_out, BLOCK=BLOCK_N)
-            grad_t = _saturate(grad_in)
+            grad_t = saturate(grad_in)
         return grad_t, grad_w, None
