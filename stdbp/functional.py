@@ -15,14 +15,17 @@ and :math:`\partial t_j / \partial t_i = w_{ij} / \sum_C w` for :math:`i \in C`,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels import earliest_spike_pool2d_kernel, relpsp_conv2d_kernel, relpsp_linear_kernel
+from .kernels import earliest_spike_pool2d_kernel, relpsp_conv2d_kernel, relpsp_linear_kernel, relpsp_linear_stack_kernel
 
 __all__ = [
     "relpsp_linear",
+    "relpsp_linear_stack",
     "relpsp_conv2d",
     "earliest_spike_pool2d",
     "first_spike_cross_entropy",
@@ -77,6 +80,51 @@ def relpsp_linear(t_in: Tensor, weight: Tensor, threshold: float = 1.0, backend:
         )
     _check_dtypes_threshold_times(t_in, weight, threshold)
     return relpsp_linear_kernel(t_in, weight, float(threshold), backend)
+
+
+def relpsp_linear_stack(
+    t_in: Tensor,
+    weights: Sequence[Tensor],
+    thresholds: float | Sequence[float] = 1.0,
+    backend: str | None = None,
+) -> Tensor:
+    """Fully connected ReL-PSP layers one after another: ``relpsp_linear`` applied for each weight.
+
+    Args:
+        t_in: ``(B, N_0)`` input spike times, ``+inf`` for no spike. float32 or float64.
+        weights: ``L`` weight matrices, ``weights[l]`` ``(N_{l+1}, N_l)``.
+        thresholds: one threshold for every layer, or one per layer.
+        backend: as for :func:`relpsp_linear`.
+
+    Returns:
+        ``(B, N_L)`` spike times of the last layer.
+
+    The same results and gradients as the loop over :func:`relpsp_linear`, bit for bit; with the
+    numba backend the whole stack runs in one kernel call per pass, each sample going through
+    every layer while its spike times are in cache, and with less Python and autograd work.
+    """
+    weights = list(weights)
+    if not weights:
+        raise ValueError("relpsp_linear_stack needs at least one weight matrix")
+    thresholds = [float(thresholds)] * len(weights) if isinstance(thresholds, (int, float)) else [float(th) for th in thresholds]
+    if len(thresholds) != len(weights):
+        raise ValueError(f"got {len(thresholds)} thresholds for {len(weights)} layers")
+    if t_in.dim() != 2 or any(w.dim() != 2 for w in weights):
+        raise ValueError(
+            f"relpsp_linear_stack expects t_in (batch, in_features) and weights (out_features, in_features), "
+            f"got shapes {tuple(t_in.shape)} and {[tuple(w.shape) for w in weights]}"
+        )
+    features = t_in.shape[1]
+    for index, weight in enumerate(weights):
+        if weight.shape[1] != features:
+            raise ValueError(f"shape mismatch: weights[{index}] {tuple(weight.shape)} expects {weight.shape[1]} inputs, the layer below gives {features}")
+        if weight.dtype != t_in.dtype:
+            raise ValueError(f"t_in and weights must have one dtype, got {t_in.dtype} and {weight.dtype} (weights[{index}])")
+        if not (thresholds[index] > 0 and thresholds[index] < float("inf")):
+            raise ValueError(f"threshold must be a positive finite number, got {thresholds[index]} (layer {index})")
+        features = weight.shape[0]
+    _check_dtypes_threshold_times(t_in, weights[0], thresholds[0])
+    return relpsp_linear_stack_kernel(t_in, weights, thresholds, backend)
 
 
 def _pair(value: int | tuple[int, int], name: str, minimum: int) -> tuple[int, int]:

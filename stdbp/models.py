@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import functional as F
 from .errors import ArchitectureError
 from .alpha_psp import AlphaSpikingLinear
 from .layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
@@ -177,7 +178,38 @@ class SpikingNetwork(nn.Module):
         return times
 
     def forward(self, t_in: Tensor) -> Tensor:
-        return self.forward_all(t_in)[-1]
+        """Output spike times ``(B, classes)``: the last entry of :meth:`forward_all`, bit for bit.
+
+        Consecutive fully connected ReL-PSP layers with the same ``backend`` and no forward hooks
+        run as one :func:`stdbp.functional.relpsp_linear_stack` (one kernel call per pass with
+        the numba backend).
+        """
+        t = self.shape_input(t_in)
+        run: list[SpikingLinear] = []
+        for layer in self.layers:
+            if _stackable(layer) and (not run or layer.backend == run[0].backend):  # type: ignore[union-attr]
+                run.append(layer)  # type: ignore[arg-type]
+                continue
+            t = _run_stack(t, run)
+            run = [layer] if _stackable(layer) else []  # type: ignore[list-item]
+            if not run:
+                t = layer(t.flatten(1) if isinstance(layer, AlphaSpikingLinear) and t.dim() > 2 else t)
+        return _run_stack(t, run)
+
+
+def _stackable(layer: nn.Module) -> bool:
+    """Whether ``layer`` may run inside a fused stack of fully connected layers (no hooks to call)."""
+    return isinstance(layer, SpikingLinear) and not (layer._forward_hooks or layer._forward_pre_hooks)
+
+
+def _run_stack(t: Tensor, run: list[SpikingLinear]) -> Tensor:
+    """``t`` through the fully connected layers of ``run`` (one after another), flattened first."""
+    if not run:
+        return t
+    t = t.flatten(1) if t.dim() > 2 else t
+    if len(run) == 1:
+        return run[0](t)
+    return F.relpsp_linear_stack(t, [layer.weight for layer in run], [layer.threshold for layer in run], run[0].backend)
 
 
 def build(arch: str, threshold: float = 1.0, backend: str | None = None, neuron: str = "relpsp", psp_tau: float = 1.0) -> SpikingNetwork:

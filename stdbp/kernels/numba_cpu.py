@@ -330,48 +330,55 @@ def relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n
                     g0[j] += a[j] * (t0 - t_j[j]) * (f0 < nc[j])
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc"})
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _input_grad_row(weight_t, n_out, a, nc, order_row, count, out_row):  # pragma: no cover - compiled
+    """One sample of eq. 15: ``out_row[i] = sum_j a[j] * w_ij`` over the neurons ``j < n_out`` for
+    which ``i`` is causal, for the ``count`` spiking inputs ``i`` in ``order_row``; other entries
+    untouched. (``weight_t`` may have padding columns beyond ``n_out``.)
+
+    Spikes go four at a time (``a`` and the causal lengths ``nc`` loaded once for four rows).
+    The sum over ``j`` may be reassociated (vectorised), which is deterministic for a given
+    machine and build.
+    """
+    zero = np.zeros(1, dtype=out_row.dtype)[0]
+    k_cast = np.zeros(4, dtype=out_row.dtype)
+    k = 0
+    while k + 4 <= count:
+        i0, i1, i2, i3 = order_row[k], order_row[k + 1], order_row[k + 2], order_row[k + 3]
+        w0, w1, w2, w3 = weight_t[i0], weight_t[i1], weight_t[i2], weight_t[i3]
+        for m in range(4):
+            k_cast[m] = k + m
+        f0, f1, f2, f3 = k_cast[0], k_cast[1], k_cast[2], k_cast[3]
+        acc0 = acc1 = acc2 = acc3 = zero
+        for j in range(n_out):
+            aj, nj = a[j], nc[j]
+            acc0 += aj * w0[j] * (f0 < nj)
+            acc1 += aj * w1[j] * (f1 < nj)
+            acc2 += aj * w2[j] * (f2 < nj)
+            acc3 += aj * w3[j] * (f3 < nj)
+        out_row[i0], out_row[i1], out_row[i2], out_row[i3] = acc0, acc1, acc2, acc3
+        k += 4
+    while k < count:
+        i0 = order_row[k]
+        w0 = weight_t[i0]
+        k_cast[0] = k
+        f0 = k_cast[0]
+        acc0 = zero
+        for j in range(n_out):
+            acc0 += a[j] * w0[j] * (f0 < nc[j])
+        out_row[i0] = acc0
+        k += 1
+
+
+@njit(parallel=True, cache=True)
 def relpsp_linear_backward_input(weight_t, grad_scaled, n_causal, order, n_spikes, grad_in):  # pragma: no cover
     """``grad_in[b, i] = sum_j a[b, j] * w_ij`` over neurons ``j`` for which ``i`` is causal (eq. 15).
 
-    ``grad_in`` is ``(B, N_in)`` and must be zeroed by the caller. Spikes go four at a time
-    (``a`` and the causal lengths loaded once for four rows). The sum over ``j`` may be
-    reassociated (vectorised), which is deterministic for a given machine and build.
+    ``grad_in`` is ``(B, N_in)`` and must be zeroed by the caller; one sample per task
+    (:func:`_input_grad_row`).
     """
-    batch = grad_in.shape[0]
-    n_out = weight_t.shape[1]
-    zero = np.zeros(1, dtype=grad_in.dtype)[0]
-    for b in prange(batch):
-        a = grad_scaled[b].copy()
-        nc = n_causal[b].copy()
-        k_cast = np.zeros(4, dtype=grad_in.dtype)
-        count = n_spikes[b]
-        k = 0
-        while k + 4 <= count:
-            i0, i1, i2, i3 = order[b, k], order[b, k + 1], order[b, k + 2], order[b, k + 3]
-            w0, w1, w2, w3 = weight_t[i0], weight_t[i1], weight_t[i2], weight_t[i3]
-            for m in range(4):
-                k_cast[m] = k + m
-            f0, f1, f2, f3 = k_cast[0], k_cast[1], k_cast[2], k_cast[3]
-            acc0 = acc1 = acc2 = acc3 = zero
-            for j in range(n_out):
-                aj, nj = a[j], nc[j]
-                acc0 += aj * w0[j] * (f0 < nj)
-                acc1 += aj * w1[j] * (f1 < nj)
-                acc2 += aj * w2[j] * (f2 < nj)
-                acc3 += aj * w3[j] * (f3 < nj)
-            grad_in[b, i0], grad_in[b, i1], grad_in[b, i2], grad_in[b, i3] = acc0, acc1, acc2, acc3
-            k += 4
-        while k < count:
-            i0 = order[b, k]
-            w0 = weight_t[i0]
-            k_cast[0] = k
-            f0 = k_cast[0]
-            acc0 = zero
-            for j in range(n_out):
-                acc0 += a[j] * w0[j] * (f0 < nc[j])
-            grad_in[b, i0] = acc0
-            k += 1
+    for b in prange(grad_in.shape[0]):
+        _input_grad_row(weight_t, weight_t.shape[1], grad_scaled[b].copy(), n_causal[b].copy(), order[b], n_spikes[b], grad_in[b])
 
 
 @njit(parallel=True, cache=True)
