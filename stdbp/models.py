@@ -8,6 +8,7 @@ fully connected layer of ReL-PSP neurons, e.g. the paper's ``28x28-6C5-P2-16C5-P
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -156,7 +157,7 @@ class SpikingNetwork(nn.Module):
 
     def shape_input(self, t_in: Tensor) -> Tensor:
         """``t_in`` in the shape the first layer takes: ``(B, *input_shape)`` for a spatial network, else ``(B, input_size)``."""
-        size = int(torch.tensor(self.input_shape).prod())
+        size = math.prod(self.input_shape)
         if self.spatial:
             if (t_in.dim() == 4 and tuple(t_in.shape[1:]) == self.input_shape) or (t_in.dim() == 2 and t_in.shape[1] == size):
                 return t_in.reshape(t_in.shape[0], *self.input_shape)
@@ -178,7 +179,8 @@ class SpikingNetwork(nn.Module):
         return times
 
     def forward(self, t_in: Tensor) -> Tensor:
-        """Output spike times ``(B, classes)``: the last entry of :meth:`forward_all`, bit for bit.
+        """Output spike times ``(B, classes)``: the last entry of :meth:`forward_all`, bit for bit
+        (gradients agree to float rounding: see :func:`stdbp.functional.relpsp_linear_stack`).
 
         Consecutive fully connected ReL-PSP layers with the same ``backend`` and no forward hooks
         run as one :func:`stdbp.functional.relpsp_linear_stack` (one kernel call per pass with

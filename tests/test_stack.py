@@ -13,6 +13,20 @@ from stdbp.models import build
 from .oracles import random_case, relpsp_brute_force
 
 
+@pytest.fixture
+def stack_backward():
+    """Set how the fused stack sums eqs. 14-15 ("prefix", "dense", "auto"); restored afterwards."""
+    from stdbp.kernels import numba_autograd
+
+    saved = numba_autograd._STACK_BACKWARD
+
+    def use(mode: str) -> None:
+        numba_autograd._STACK_BACKWARD = mode
+
+    yield use
+    numba_autograd._STACK_BACKWARD = saved
+
+
 def _stack_case(rng: np.random.Generator, sizes: list[int], dtype: torch.dtype, batch: int = 6) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Random input times (ties, silent inputs, a silent sample) and mixed-sign weights for ``sizes``."""
     t, _ = random_case(rng, batch=batch, n_in=sizes[0], n_out=1, dtype=dtype)
@@ -36,7 +50,8 @@ def _forward_and_grads(t: torch.Tensor, weights: list[torch.Tensor], thresholds:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("sizes", [[24, 9], [30, 17, 5], [40, 1100, 12, 3]])
 @pytest.mark.parametrize("input_grad", [False, True])
-def test_stack_equals_layer_by_layer_bit_for_bit(dtype: torch.dtype, sizes: list[int], input_grad: bool) -> None:
+def test_stack_equals_layer_by_layer_bit_for_bit(stack_backward, dtype: torch.dtype, sizes: list[int], input_grad: bool) -> None:
+    stack_backward("prefix")  # the dense backward is another summation (tested below)
     rng = np.random.default_rng(len(sizes) + sizes[0])
     t, weights = _stack_case(rng, sizes, dtype)
     thresholds = [float(th) for th in rng.uniform(0.4, 1.5, len(weights))]
@@ -77,8 +92,9 @@ def test_stack_gradcheck() -> None:
 
 
 @pytest.mark.parametrize("arch", ["784-800-10", "784-50-40-10", "28x28-4C5-P2-30-10"])
-def test_network_forward_equals_forward_all(arch: str) -> None:
+def test_network_forward_equals_forward_all(stack_backward, arch: str) -> None:
     """``forward`` (fused stacks) and ``forward_all`` (layer by layer): same times and gradients."""
+    stack_backward("prefix")
     torch.manual_seed(0)
     model = build(arch)
     t_in = torch.rand(5, 784)
@@ -120,3 +136,110 @@ def test_stack_bad_arguments(weights: list[torch.Tensor], thresholds, message: s
 def test_stack_checks_input_times() -> None:
     with pytest.raises(ValueError, match="negative"):
         F.relpsp_linear_stack(torch.tensor([[-1.0, 0.0]]), [torch.ones(2, 2), torch.ones(1, 2)])
+
+
+def _dense_case(dtype: torch.dtype, silent_inputs: bool = True) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """Inputs that nearly all (or all) spike and neurons that fire late (mostly causal pairs), some early."""
+    rng = np.random.default_rng(11)
+    t = torch.tensor(rng.uniform(0.0, 1.0, size=(9, 40)), dtype=dtype)
+    if silent_inputs:
+        t[0, :5] = float("inf")
+    t[1, 3] = t[1, 4]  # a tie
+    w1 = torch.tensor(rng.normal(0.05, 0.04, size=(30, 40)), dtype=dtype)
+    w1[:3] *= 8  # neurons that fire early: many non-causal inputs
+    w2 = torch.tensor(rng.normal(0.08, 0.05, size=(11, 30)), dtype=dtype)
+    grad_out = torch.tensor(rng.normal(size=(9, 11)), dtype=dtype)
+    return t, [w1, w2], grad_out
+
+
+@pytest.mark.parametrize("silent_inputs", [True, False])
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
+def test_dense_backward_matches_causal_prefix_sums(stack_backward, dtype: torch.dtype, rtol: float, silent_inputs: bool) -> None:
+    """Matrix products less the non-causal pairs give eqs. 14-15 as the prefix sums do (with
+    silent inputs, and with every input spiking, which has a shortcut)."""
+    t, weights, grad_out = _dense_case(dtype, silent_inputs)
+    results = {}
+    for mode in ("prefix", "dense"):
+        stack_backward(mode)
+        results[mode] = _forward_and_grads(t, weights, [1.0, 1.0], grad_out, True, True)
+    assert torch.equal(results["dense"][0], results["prefix"][0])  # the forward is the same
+    dense = [*results["dense"][1], results["dense"][2]]
+    prefix = [*results["prefix"][1], results["prefix"][2]]
+    for a, b in zip(dense, prefix):
+        assert b.abs().max() > 0
+        assert not torch.equal(a, b) or dtype == torch.float64  # float32: really another summation
+        torch.testing.assert_close(a, b, rtol=0, atol=rtol * float(b.abs().max()))
+
+
+def test_auto_backward_picks_dense_only_for_mostly_causal_layers() -> None:
+    from stdbp.kernels.numba_autograd import _dense_is_cheaper
+
+    spikes = np.full(64, 256)
+    assert _dense_is_cheaper("auto", spikes, np.full(64, 230), (256, 1024), True)  # 10 % non-causal
+    assert not _dense_is_cheaper("auto", spikes, np.full(64, 100), (256, 1024), True)  # 60 %: loses digits
+    assert not _dense_is_cheaper("auto", np.full(64, 20), np.full(64, 20), (784, 800), True)  # sparse input: prefix is cheaper
+    assert _dense_is_cheaper("dense", spikes, np.zeros(64), (8, 8), False)
+    assert not _dense_is_cheaper("prefix", spikes, spikes, (256, 1024), True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_correction_does_not_depend_on_the_row_parts(dtype: type) -> None:
+    from stdbp.kernels import numba_stack
+
+    rng = np.random.default_rng(2)
+    batch, n_in, n_out = 5, 37, 16
+    times = np.sort(rng.uniform(0, 1, (batch, n_in)), axis=1).astype(dtype)
+    order = np.stack([rng.permutation(n_in) for _ in range(batch)]).astype(np.int32)
+    n_spikes = rng.integers(20, n_in + 1, batch).astype(np.int32)
+    n_causal = rng.integers(0, 30, (batch, n_out)).astype(dtype)
+    first_fire = n_causal.min(axis=1).astype(np.int32)
+    a = rng.normal(size=(batch, n_out)).astype(dtype)
+    anchor = rng.uniform(1, 2, (batch, n_out)).astype(dtype)
+    results = []
+    for parts in (1, 3, 7):
+        grad = np.ones((n_in, n_out), dtype=dtype)
+        numba_stack.weight_gradient_correction(times, a, anchor, n_causal, order, n_spikes, first_fire, parts, grad)
+        results.append(grad)
+    expected = np.ones((n_in, n_out))
+    for b in range(batch):
+        for k in range(first_fire[b], n_spikes[b]):
+            noncausal = k >= n_causal[b]
+            expected[order[b, k]] -= np.where(noncausal, a[b] * (times[b, k] - anchor[b]), 0.0)
+    np.testing.assert_allclose(results[0], expected, rtol=1e-5, atol=1e-6)
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+def test_dense_backward_is_not_used_where_gradients_may_overflow(stack_backward) -> None:
+    """A neuron with a tiny causal weight sum: eq. 14 overflows; the dense form would give inf - inf."""
+    stack_backward("dense")
+    tiny = torch.finfo(torch.float32).tiny * 4
+    t = torch.tensor([[0.0, 0.5]])
+    w1 = torch.tensor([[tiny, 0.0], [1.0, 1.0]], requires_grad=True)
+    w2 = torch.tensor([[1.0, 1.0]], requires_grad=True)
+    out = F.relpsp_linear_stack(t, [w1, w2], 1.0)
+    out.backward(torch.tensor([[1e30]]))
+    assert torch.isfinite(w1.grad).all() and torch.isfinite(w2.grad).all()
+
+
+def test_dense_backward_threads(stack_backward) -> None:
+    """numba's thread count never changes the gradients; PyTorch's (which blocks its matrix
+    products by it) may, in the last bits only."""
+    import numba
+
+    stack_backward("dense")
+    t, weights, grad_out = _dense_case(torch.float32)
+    threads = (torch.get_num_threads(), numba.get_num_threads())
+    results = []
+    try:
+        for torch_threads, numba_threads in ((2, 2), (2, 1), (1, 1)):
+            torch.set_num_threads(torch_threads)
+            numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))
+            results.append(_forward_and_grads(t, weights, [1.0, 1.0], grad_out, True, True))
+    finally:
+        torch.set_num_threads(threads[0])
+        numba.set_num_threads(threads[1])
+    grads = [[*r[1], r[2]] for r in results]
+    for a, b in zip(grads[0], grads[1]):
+        assert torch.equal(a, b)
+    for a, b in zip(grads[0], grads[2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))

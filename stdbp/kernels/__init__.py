@@ -127,9 +127,14 @@ def relpsp_linear_kernel(t_in: Tensor, weight: Tensor, threshold: float, backend
 
 def relpsp_linear_stack_kernel(t_in: Tensor, weights: Sequence[Tensor], thresholds: Sequence[float], backend: str | None = None) -> Tensor:
     """Dispatch a stack of fully connected layers: one fused kernel call per pass with numba,
-    layer by layer otherwise; inputs are assumed valid (see ``stdbp.functional``)."""
+    layer by layer otherwise. Shapes, dtypes and thresholds are assumed valid (see
+    ``stdbp.functional``); the input times are checked here (by the numba kernel as it reads them).
+    """
     if resolve_backend(t_in.device, backend) == "numba":
         return RelpspStackNumba.apply(t_in, tuple(float(th) for th in thresholds), *weights)
+    from ..functional import check_spike_times
+
+    check_spike_times(t_in)
     for weight, threshold in zip(weights, thresholds):
         t_in = relpsp_linear_kernel(t_in, weight, threshold, backend)
     return t_in

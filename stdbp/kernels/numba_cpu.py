@@ -331,18 +331,20 @@ def relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _input_grad_row(weight_t, n_out, a, nc, order_row, count, out_row):  # pragma: no cover - compiled
+def _input_grad_row(weight_t, n_out, a, nc, order_row, k_start, count, suffix, out_row):  # pragma: no cover - compiled
     """One sample of eq. 15: ``out_row[i] = sum_j a[j] * w_ij`` over the neurons ``j < n_out`` for
-    which ``i`` is causal, for the ``count`` spiking inputs ``i`` in ``order_row``; other entries
-    untouched. (``weight_t`` may have padding columns beyond ``n_out``.)
+    which ``i`` is causal, for the spiking inputs ``i = order_row[k]``, ``k_start <= k < count``;
+    other entries untouched. (``weight_t`` may have padding columns beyond ``n_out``.)
 
+    With ``suffix``, the sum runs over the neurons for which ``i`` is *not* causal instead and is
+    subtracted from ``out_row[i]``: the correction of a sum over all neurons (``stdbp.kernels.numba_stack``).
     Spikes go four at a time (``a`` and the causal lengths ``nc`` loaded once for four rows).
     The sum over ``j`` may be reassociated (vectorised), which is deterministic for a given
     machine and build.
     """
     zero = np.zeros(1, dtype=out_row.dtype)[0]
     k_cast = np.zeros(4, dtype=out_row.dtype)
-    k = 0
+    k = k_start
     while k + 4 <= count:
         i0, i1, i2, i3 = order_row[k], order_row[k + 1], order_row[k + 2], order_row[k + 3]
         w0, w1, w2, w3 = weight_t[i0], weight_t[i1], weight_t[i2], weight_t[i3]
@@ -352,11 +354,14 @@ def _input_grad_row(weight_t, n_out, a, nc, order_row, count, out_row):  # pragm
         acc0 = acc1 = acc2 = acc3 = zero
         for j in range(n_out):
             aj, nj = a[j], nc[j]
-            acc0 += aj * w0[j] * (f0 < nj)
-            acc1 += aj * w1[j] * (f1 < nj)
-            acc2 += aj * w2[j] * (f2 < nj)
-            acc3 += aj * w3[j] * (f3 < nj)
-        out_row[i0], out_row[i1], out_row[i2], out_row[i3] = acc0, acc1, acc2, acc3
+            acc0 += aj * w0[j] * ((f0 < nj) != suffix)
+            acc1 += aj * w1[j] * ((f1 < nj) != suffix)
+            acc2 += aj * w2[j] * ((f2 < nj) != suffix)
+            acc3 += aj * w3[j] * ((f3 < nj) != suffix)
+        if suffix:
+            out_row[i0], out_row[i1], out_row[i2], out_row[i3] = out_row[i0] - acc0, out_row[i1] - acc1, out_row[i2] - acc2, out_row[i3] - acc3
+        else:
+            out_row[i0], out_row[i1], out_row[i2], out_row[i3] = acc0, acc1, acc2, acc3
         k += 4
     while k < count:
         i0 = order_row[k]
@@ -365,8 +370,8 @@ def _input_grad_row(weight_t, n_out, a, nc, order_row, count, out_row):  # pragm
         f0 = k_cast[0]
         acc0 = zero
         for j in range(n_out):
-            acc0 += a[j] * w0[j] * (f0 < nc[j])
-        out_row[i0] = acc0
+            acc0 += a[j] * w0[j] * ((f0 < nc[j]) != suffix)
+        out_row[i0] = out_row[i0] - acc0 if suffix else acc0
         k += 1
 
 
@@ -378,7 +383,7 @@ def relpsp_linear_backward_input(weight_t, grad_scaled, n_causal, order, n_spike
     (:func:`_input_grad_row`).
     """
     for b in prange(grad_in.shape[0]):
-        _input_grad_row(weight_t, weight_t.shape[1], grad_scaled[b].copy(), n_causal[b].copy(), order[b], n_spikes[b], grad_in[b])
+        _input_grad_row(weight_t, weight_t.shape[1], grad_scaled[b].copy(), n_causal[b].copy(), order[b], 0, n_spikes[b], False, grad_in[b])
 
 
 @njit(parallel=True, cache=True)

@@ -4,8 +4,12 @@ The forward pass takes one sample at a time through every layer (in parallel ove
 sort the layer's spiking inputs, scan them (``numba_cpu._scan_block``), write the outputs, and
 go on to the next layer while the sample's spike times are still in cache.
 
-The backward pass takes one sample at a time down the stack for the input gradients (eq. 15),
-then the weight gradients (eq. 14) layer by layer with ``numba_cpu.relpsp_linear_backward_weight``.
+The backward pass goes down the stack a layer at a time. Eqs. 14-15 sum over the causal pairs of
+(spiking input, neuron); they are summed either over each neuron's causal prefix of the sorted
+inputs (``numba_cpu``: work in proportion to the causal pairs), or as matrix products over all
+pairs (``torch.mm``, about ten times cheaper per pair here) less the non-causal pairs
+(:func:`input_gradient` with ``dense``, :func:`weight_gradient_correction`): the second wins
+when nearly every input spikes and is causal, as in a freshly initialised network.
 
 Per layer ``l`` of ``N_l -> N_{l+1}`` neurons, arrays come in tuples with one entry per layer:
 ``weights[l]`` is the transposed weight ``(N_l, N_{l+1})``, C-contiguous; ``t[l]`` the layer's
@@ -25,11 +29,11 @@ from .reference import SILENT_HORIZON
 
 
 @njit(parallel=True, cache=True)
-def stack_forward(weights, widths, thresholds, t, keys, anchor, inv_slope, n_causal, order, times, n_spikes):  # pragma: no cover
+def stack_forward(weights, widths, thresholds, t, keys, anchor, inv_slope, n_causal, order, times, n_spikes, first_fire):  # pragma: no cover
     """Forward pass of the stack (eq. 12 per layer); see the module docstring for the arrays.
 
     ``t[0]`` holds the input times (``>= 0`` or ``inf``; ``-0.0`` is taken as ``0.0``) and is
-    read; ``t[1:]``, ``anchor``, ``inv_slope``, ``n_causal``, ``order``, ``times`` and
+    read; ``t[1:]`` ``(B, widths[l])``, ``anchor``, ``inv_slope``, ``n_causal``, ``order``, ``times`` and
     ``n_spikes`` ``(L, B)`` int32 are written. ``keys[l]`` is ``t[l]`` viewed as integers of its
     width (int32 for float32): the sort keys (``numba_autograd.sort_keys`` for the input, which
     is read; the same memory as ``t[l]`` for the layers above). ``thresholds`` ``(L,)``.
@@ -37,8 +41,14 @@ def stack_forward(weights, widths, thresholds, t, keys, anchor, inv_slope, n_cau
     ``weights[l]`` may have more columns than the layer has neurons, ``widths[l]`` ``(L,)``:
     zero columns that pad a narrow layer to whole vectors of 8 (a 10-neuron layer runs as two
     full vectors instead of one and a scalar remainder). Padding neurons are silent from the
-    start (they take no part in the early exit) and written as silent neurons; the next
-    layer's weights have zero rows for them, which are never read.
+    start (they take no part in the early exit); ``anchor``, ``inv_slope`` and ``n_causal`` have
+    their columns, written as for silent neurons, and ``t[l + 1]`` has not.
+
+    ``first_fire`` ``(L, B)`` int32 is written: the shortest causal prefix of the layer's neurons
+    (``count`` if none fires), where the non-causal inputs of :func:`input_gradient` start.
+
+    Returns the number of input times that are neither ``>= 0`` nor ``inf`` (NaN or negative):
+    the caller raises if it is not 0.
     """
     batch = t[0].shape[0]
     n_layers = len(weights)
@@ -48,7 +58,11 @@ def stack_forward(weights, widths, thresholds, t, keys, anchor, inv_slope, n_cau
     zero = np.zeros(1, dtype=t[0].dtype)[0]
     one = np.ones(1, dtype=t[0].dtype)[0]
     horizon = np.full(1, SILENT_HORIZON, dtype=t[0].dtype)[0]
+    bad = 0
     for b in prange(batch):
+        t_row = t[0][b]
+        for i in range(t_row.shape[0]):
+            bad += np.int64(not t_row[i] >= zero)
         s = np.empty(widest, dtype=t[0].dtype)
         r = np.empty(widest, dtype=t[0].dtype)
         n = np.empty(widest, dtype=t[0].dtype)
@@ -77,42 +91,92 @@ def stack_forward(weights, widths, thresholds, t, keys, anchor, inv_slope, n_cau
                     s[:real], r[:real], n[:real], a[:real], t_ref,
                     t[l + 1][b, lo : lo + real], anchor[l][b, lo : lo + real], inv_slope[l][b, lo : lo + real], n_causal[l][b, lo : lo + real],
                 )
+            shortest = count
+            for j in range(widths[l]):
+                shortest = min(shortest, int(n_causal[l][b, j]))
+            first_fire[l, b] = shortest
             for j in range(widths[l], n_out):  # padding neurons: silent, no gradient to give
-                t[l + 1][b, j] = np.inf
                 anchor[l][b, j] = t_ref
                 inv_slope[l][b, j] = one
                 n_causal[l][b, j] = zero
+    return bad
 
 
 @njit(parallel=True, cache=True)
-def stack_backward_input(weights, widths, grad_out, inv_slope, n_causal, order, n_spikes, first, grad_scaled, grad_t):  # pragma: no cover
-    """Input gradients down the stack (eq. 15), one sample at a time.
+def scale_gradient(grad, inv_slope, anchor, a, top):  # pragma: no cover - compiled
+    """``a = grad * inv_slope`` ``(B, W)`` (0 in the padding columns beyond ``grad``'s ``N``).
 
-    ``grad_out`` ``(B, N_L)`` is dL/dt of the output layer. For every layer ``l``,
-    ``grad_scaled[l] = dL/dt_{l+1} * inv_slope[l]`` ``(B, N_{l+1})`` is written, and for
-    ``l >= first`` the gradient ``grad_t[l]`` ``(B, N_l)`` of the layer's input times,
-    saturated as ``numba_cpu.saturate_`` does (the next layer down takes it as its ``grad_out``).
-    ``grad_t[0]`` is written when ``first == 0`` (the stack's input needs a gradient); ``first``
-    is 0 or 1. ``grad_t`` arrays need no zeroing. ``widths`` as for :func:`stack_forward`: the
-    sums of eq. 15 run over the layer's own neurons, not its padding.
+    ``top`` ``(2, B)`` is written: per sample the largest ``|a|`` and the largest ``anchor`` of
+    the layer's neurons (``inf`` for NaN or inf), which bound the weight gradient's terms.
     """
-    batch = grad_out.shape[0]
-    n_layers = len(weights)
-    zero = np.zeros(1, dtype=grad_out.dtype)[0]
-    big = np.full(1, np.finfo(grad_out.dtype).max, dtype=grad_out.dtype)[0]
-    for b in prange(batch):
-        for l in range(n_layers - 1, -1, -1):
-            g_row = grad_out[b] if l == n_layers - 1 else grad_t[l + 1][b]
-            a_row = grad_scaled[l][b]
-            slope_row = inv_slope[l][b]
-            for j in range(a_row.shape[0]):
-                a_row[j] = g_row[j] * slope_row[j]
-            if l == 0 and first == 1:
-                break
-            out = grad_t[l][b]
+    zero = np.zeros(1, dtype=a.dtype)[0]
+    big = np.full(1, np.finfo(a.dtype).max, dtype=a.dtype)[0]
+    inf = np.full(1, np.inf, dtype=a.dtype)[0]
+    n = grad.shape[1]
+    for b in prange(a.shape[0]):
+        top_a = top_t = zero
+        for j in range(n):
+            a[b, j] = grad[b, j] * inv_slope[b, j]
+            top_a = max(top_a, abs(a[b, j]) if abs(a[b, j]) <= big else inf)
+            top_t = max(top_t, anchor[b, j] if anchor[b, j] <= big else inf)
+        for j in range(n, a.shape[1]):
+            a[b, j] = zero
+        top[0, b], top[1, b] = top_a, top_t
+
+
+@njit(parallel=True, cache=True)
+def input_gradient(weight_t, n_out, a, n_causal, order, n_spikes, dense, first_fire, grad_in):  # pragma: no cover - compiled
+    """Eq. 15 for one layer, ``grad_in`` ``(B, N_in)``, saturated as ``numba_cpu.saturate_`` does.
+
+    ``dense=False``: the sums over the causal prefix (``numba_cpu._input_grad_row``);
+    ``grad_in`` needs no zeroing. ``dense=True``: ``grad_in`` holds ``a @ weight_t.T``, the sums
+    over all neurons; the entries of silent inputs are set to 0 and, for the spiking ones, the
+    neurons for which they are not causal (from the ``first_fire``-th spike on) are subtracted.
+    """
+    zero = np.zeros(1, dtype=grad_in.dtype)[0]
+    big = np.full(1, np.finfo(grad_in.dtype).max, dtype=grad_in.dtype)[0]
+    for b in prange(grad_in.shape[0]):
+        out = grad_in[b]
+        count = n_spikes[b]
+        if dense:
+            kept = np.empty(count, dtype=out.dtype)
+            for k in range(count):
+                kept[k] = out[order[b, k]]
             out[:] = zero
-            _input_grad_row(weights[l], widths[l], a_row, n_causal[l][b], order[l][b], n_spikes[l, b], out)
-            for i in range(out.shape[0]):
-                g = out[i]
-                if not abs(g) <= big:
-                    out[i] = zero if g != g else (big if g > zero else -big)
+            for k in range(count):
+                out[order[b, k]] = kept[k]
+            _input_grad_row(weight_t, n_out, a[b], n_causal[b], order[b], first_fire[b], count, True, out)
+        else:
+            out[:] = zero
+            _input_grad_row(weight_t, n_out, a[b], n_causal[b], order[b], 0, count, False, out)
+        for i in range(out.shape[0]):
+            g = out[i]
+            if not abs(g) <= big:
+                out[i] = zero if g != g else (big if g > zero else -big)
+
+
+@njit(parallel=True, cache=True, fastmath={"contract"})
+def weight_gradient_correction(times, a, anchor, n_causal, order, n_spikes, first_fire, n_parts, grad_w_t):  # pragma: no cover
+    """``grad_w_t[i, j] -= sum_b a[b, j] * (t_i - t_j)`` over the spiking inputs ``i`` that are not
+    causal for ``j``: turns the sum over all spiking inputs (a matrix product) into eq. 14.
+
+    Parallel over ranges of rows, each row corrected in batch order by one task (so the result
+    does not depend on ``n_parts``).
+    """
+    batch = times.shape[0]
+    n_in, n_out = grad_w_t.shape
+    rows = (n_in + n_parts - 1) // n_parts
+    for part in prange(n_parts):
+        i_lo = part * rows
+        i_hi = min(i_lo + rows, n_in)
+        k_cast = np.zeros(1, dtype=times.dtype)
+        for b in range(batch):
+            for k in range(first_fire[b], n_spikes[b]):
+                i = order[b, k]
+                if i_lo <= i < i_hi:
+                    g = grad_w_t[i]
+                    t_k = times[b, k]
+                    k_cast[0] = k
+                    f = k_cast[0]
+                    for j in range(n_out):
+                        g[j] -= a[b, j] * (t_k - anchor[b, j]) * (f >= n_causal[b, j])
