@@ -43,13 +43,14 @@ def check_spike_times(t: Tensor, name: str = "t_in") -> None:
         raise ValueError(f"{name} contains {bad} spike times; times must be >= 0, or +inf for no spike")
 
 
-def _check_dtypes_threshold_times(t_in: Tensor, weight: Tensor, threshold: float) -> None:
-    """The checks that every ReL-PSP layer function makes after its shape checks."""
+def _check_dtypes_threshold(t_in: Tensor, weight: Tensor, threshold: float) -> None:
+    """The checks that every ReL-PSP layer function makes after its shape checks. The input
+    times are checked by the kernel dispatch (``stdbp.kernels``), by the numba kernels as they
+    read them."""
     if t_in.dtype not in (torch.float32, torch.float64) or weight.dtype != t_in.dtype:
         raise ValueError(f"t_in and weight must both be float32 or both float64, got {t_in.dtype} and {weight.dtype}")
     if not (threshold > 0 and threshold < float("inf")):
         raise ValueError(f"threshold must be a positive finite number, got {threshold}")
-    check_spike_times(t_in)
 
 
 def relpsp_linear(t_in: Tensor, weight: Tensor, threshold: float = 1.0, backend: str | None = None) -> Tensor:
@@ -78,8 +79,8 @@ def relpsp_linear(t_in: Tensor, weight: Tensor, threshold: float = 1.0, backend:
             f"shape mismatch: t_in has {t_in.shape[1]} input neurons but weight expects {weight.shape[1]} "
             f"(weight is (out_features, in_features) = {tuple(weight.shape)})"
         )
-    _check_dtypes_threshold_times(t_in, weight, threshold)
-    return relpsp_linear_kernel(t_in, weight, float(threshold), backend)
+    _check_dtypes_threshold(t_in, weight, threshold)
+    return relpsp_linear_kernel(t_in, weight, float(threshold), backend)  # checks the times
 
 
 def relpsp_linear_stack(
@@ -180,7 +181,7 @@ def relpsp_conv2d(
             f"shape mismatch: t_in has {t_in.shape[1]} channels but weight expects {weight.shape[1]} "
             f"(weight is (out_channels, in_channels, kH, kW) = {tuple(weight.shape)})"
         )
-    _check_dtypes_threshold_times(t_in, weight, threshold)
+    _check_dtypes_threshold(t_in, weight, threshold)
     stride_hw = _pair(stride, "stride", 1)
     padding_hw = _pair(padding, "padding", 0)
     for axis, size, kernel, pad in zip(("height", "width"), t_in.shape[2:], weight.shape[2:], padding_hw):
@@ -217,8 +218,9 @@ def earliest_spike_pool2d(
     for axis, size, kernel in zip(("height", "width"), t_in.shape[2:], kernel_hw):
         if size < kernel:
             raise ValueError(f"pooling window {kernel} does not fit the input {axis} {size}")
-    check_spike_times(t_in)
-    return earliest_spike_pool2d_kernel(t_in, kernel_hw, stride_hw, backend)
+    if not t_in.is_floating_point():
+        raise ValueError(f"t_in must be a floating-point tensor of spike times, got {t_in.dtype}")
+    return earliest_spike_pool2d_kernel(t_in, kernel_hw, stride_hw, backend)  # checks the times
 
 
 class _FillSilent(torch.autograd.Function):

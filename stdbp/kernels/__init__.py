@@ -113,9 +113,19 @@ def _saturating(x: Tensor) -> Tensor:
     return _SaturateGradient.apply(x) if x.requires_grad else x
 
 
+def _check_times(t_in: Tensor) -> None:
+    """``stdbp.functional.check_spike_times``, for the kernels that do not count bad times themselves."""
+    from ..functional import check_spike_times
+
+    check_spike_times(t_in)
+
+
 def relpsp_linear_kernel(t_in: Tensor, weight: Tensor, threshold: float, backend: str | None = None) -> Tensor:
-    """Dispatch ``relpsp_linear`` to a kernel; inputs are assumed valid (see ``stdbp.functional``)."""
+    """Dispatch ``relpsp_linear`` to a kernel. Shapes, dtypes and the threshold are assumed valid
+    (see ``stdbp.functional``); the input times are checked here (by the numba kernel as it reads them)."""
     name = resolve_backend(t_in.device, backend)
+    if name != "numba":
+        _check_times(t_in)
     if name == "reference":
         return relpsp_linear_reference(_saturating(t_in), _saturating(weight), threshold)
     if name == "triton":
@@ -132,9 +142,7 @@ def relpsp_linear_stack_kernel(t_in: Tensor, weights: Sequence[Tensor], threshol
     """
     if resolve_backend(t_in.device, backend) == "numba":
         return RelpspStackNumba.apply(t_in, tuple(float(th) for th in thresholds), *weights)
-    from ..functional import check_spike_times
-
-    check_spike_times(t_in)
+    _check_times(t_in)
     for weight, threshold in zip(weights, thresholds):
         t_in = relpsp_linear_kernel(t_in, weight, threshold, backend)
     return t_in
@@ -148,9 +156,10 @@ def relpsp_conv2d_kernel(
     padding: tuple[int, int],
     backend: str | None = None,
 ) -> Tensor:
-    """Dispatch ``relpsp_conv2d`` to a kernel; inputs are assumed valid (see ``stdbp.functional``)."""
+    """Dispatch ``relpsp_conv2d`` to a kernel; as :func:`relpsp_linear_kernel`, the input times are checked here."""
     name = resolve_backend(t_in.device, backend, kind="conv")
     if name == "reference":
+        _check_times(t_in)
         return relpsp_conv2d_reference(_saturating(t_in), _saturating(weight), threshold, stride, padding)
     return RelpspConv2dNumba.apply(t_in, weight, threshold, stride, padding)
 
@@ -162,7 +171,8 @@ def earliest_spike_pool2d_reference(t_in: Tensor, kernel: tuple[int, int], strid
 
 
 def earliest_spike_pool2d_kernel(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], backend: str | None = None) -> Tensor:
-    """Dispatch earliest-spike pooling; inputs are assumed valid (see ``stdbp.functional``)."""
+    """Dispatch earliest-spike pooling; the input times are checked here (by the numba kernel as it reads them)."""
     if resolve_backend(t_in.device, backend, kind="pool") == "reference":
+        _check_times(t_in)
         return earliest_spike_pool2d_reference(t_in, kernel, stride)
     return EarliestSpikePoolNumba.apply(t_in, kernel, stride)

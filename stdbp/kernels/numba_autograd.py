@@ -1,5 +1,7 @@
 """``torch.autograd.Function`` wrappers of the numba CPU kernels (``numba_cpu``, ``numba_stack``,
 ``numba_conv``, ``numba_pool``): tensors to NumPy arrays and back, what the backward pass keeps.
+The forward kernels count input entries that are not spike times as they read them, and the
+wrappers raise ``ValueError`` for them (no separate pass over the input).
 
 Only :mod:`stdbp.kernels` (the dispatch point) uses them.
 """
@@ -14,6 +16,15 @@ import torch
 from torch import Tensor
 
 from .conv_reference import conv_output_size
+
+
+def _raise_if(bad: int, t_in: Tensor) -> None:
+    """Raise ``ValueError`` if a kernel counted ``bad`` input entries that are not spike times."""
+    if bad:
+        from ..functional import check_spike_times
+
+        check_spike_times(t_in)  # names what is wrong
+        raise ValueError("t_in contains invalid spike times")  # pragma: no cover - check_spike_times raised
 
 
 def sort_keys(t: np.ndarray) -> np.ndarray:
@@ -43,7 +54,8 @@ class RelpspLinearNumba(torch.autograd.Function):
         n_spikes = np.empty(batch, dtype=np.int32)
         thr = t_np.dtype.type(threshold)
         _, n_chunks = numba_cpu.scan_tasks(n_out, numba.get_num_threads())
-        numba_cpu.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, thr, t_out, anchor, inv_slope, n_causal, order, times, n_spikes, n_chunks)
+        bad = numba_cpu.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, thr, t_out, anchor, inv_slope, n_causal, order, times, n_spikes, n_chunks)
+        _raise_if(bad, t_in)
         ctx.scan = (times, w_t, anchor, inv_slope, n_causal, order, n_spikes)
         return torch.from_numpy(t_out)
 
@@ -124,10 +136,7 @@ class RelpspStackNumba(torch.autograd.Function):
         bad = numba_stack.stack_forward(
             w_ts, widths, np.array(thresholds, dtype=dtype), t, keys, anchor, inv_slope, n_causal, order, times, n_spikes, first_fire
         )
-        if bad:
-            from ..functional import check_spike_times
-
-            check_spike_times(t_in)  # raises, naming what is wrong
+        _raise_if(bad, t_in)
         ctx.scan = (t[:-1], w_ts, widths, anchor, inv_slope, n_causal, order, times, n_spikes, first_fire)
         ctx.mode = _STACK_BACKWARD
         return torch.from_numpy(t[-1])
@@ -145,28 +154,28 @@ class RelpspStackNumba(torch.autograd.Function):
         for l in range(len(w_ts) - 1, -1, -1):
             w_t, want_input = w_ts[l], l > 0 or ctx.needs_input_grad[0]
             a = np.empty_like(anchor[l])
-            top = np.empty((2, batch), dtype=dtype)
-            numba_stack.scale_gradient(grad, inv_slope[l], anchor[l], a, top)
-            top_a, top_t = top.max(axis=1).tolist()
+            top = np.empty((3, batch), dtype=dtype)
+            numba_stack.scale_gradient(grad, inv_slope[l], anchor[l], times[l], n_spikes[l], a, top)
+            top_a, top_t, latest = top.max(axis=1).tolist()
             limit = 0.5 * float(np.finfo(dtype).max)
             safe = top_a * top_t * batch < limit  # no term of eq. 14 can overflow
             dense = safe and _dense_is_cheaper(ctx.mode, n_spikes[l], first_fire[l], w_t.shape, want_input)
             if dense:  # nor may the sums over all pairs, non-causal ones included
-                latest = float(times[l][np.arange(batch), np.maximum(n_spikes[l] - 1, 0)].max(initial=0.0))
-                dense = top_a * max(latest, top_t) * batch < limit and top_a * float(np.abs(w_t).max()) * w_t.shape[1] < limit
+                w_max = max(float(w_t.max()), -float(w_t.min()))
+                dense = top_a * max(latest, top_t) * batch < limit and top_a * w_max * w_t.shape[1] < limit
             if want_input:
-                grad_in = (torch.from_numpy(a) @ torch.from_numpy(w_t).t()).numpy() if dense else np.empty((batch, w_t.shape[0]), dtype=dtype)
+                grad_in = torch.mm(torch.from_numpy(a), torch.from_numpy(w_t).t()).numpy() if dense else np.empty((batch, w_t.shape[0]), dtype=dtype)
                 numba_stack.input_gradient(w_t, widths[l], a, n_causal[l], order[l], n_spikes[l], dense, first_fire[l], grad_in)
             if ctx.needs_input_grad[2 + l]:
                 if dense:  # the sum over all spiking pairs of a_j t_i - a_j t_j, then the correction
                     if n_spikes[l].min() == t[l].shape[1]:  # every input spikes: the a_j t_j sum is one row
-                        grad_w_t = (torch.from_numpy(t[l]).t() @ torch.from_numpy(a)).numpy()
+                        grad_w_t = torch.mm(torch.from_numpy(t[l]).t(), torch.from_numpy(a)).numpy()
                         grad_w_t -= np.einsum("bj,bj->j", a, anchor[l])
                     else:
                         spiking = np.isfinite(t[l])
                         lhs = np.concatenate([np.where(spiking, t[l], 0), spiking.astype(dtype)])  # (2B, N_in)
                         rhs = np.concatenate([a, -(a * anchor[l])])  # (2B, W)
-                        grad_w_t = (torch.from_numpy(lhs).t() @ torch.from_numpy(rhs)).numpy()
+                        grad_w_t = torch.mm(torch.from_numpy(lhs).t(), torch.from_numpy(rhs)).numpy()
                     numba_stack.weight_gradient_correction(times[l], a, anchor[l], n_causal[l], order[l], n_spikes[l], first_fire[l], numba.get_num_threads(), grad_w_t)
                     grad_w = torch.from_numpy(grad_w_t).t()
                 else:
@@ -245,7 +254,10 @@ class RelpspConv2dNumba(torch.autograd.Function):
         n_spikes = np.empty(batch, dtype=np.int32)
         geometry = (c_in, h_in, w_in, k_h, k_w, *stride, *padding, h_out, w_out)
         reach = _reach_table(geometry, c_pad)
-        numba_conv.relpsp_conv2d_forward(t_flat, sort_keys(t_flat), weight_f, dtype.type(threshold), geometry, reach, t_out, anchor, inv_slope, n_causal, order, times, n_spikes)
+        bad = numba_conv.relpsp_conv2d_forward(
+            t_flat, sort_keys(t_flat), weight_f, dtype.type(threshold), geometry, reach, t_out, anchor, inv_slope, n_causal, order, times, n_spikes
+        )
+        _raise_if(bad, t_in)
         ctx.scan = (weight_f, anchor, inv_slope, n_causal, order, times, n_spikes)
         ctx.geometry, ctx.c_out = geometry, c_out
         return torch.from_numpy(t_out).view(batch, c_out, h_out, w_out)
@@ -291,7 +303,7 @@ class EarliestSpikePoolNumba(torch.autograd.Function):
         planes = t_in.detach().contiguous().numpy().reshape(batch * channels, height, width)
         t_out = np.empty((batch * channels, h_out, w_out), dtype=planes.dtype)
         argmin = np.empty((batch * channels, h_out, w_out), dtype=np.int32)
-        numba_pool.pool_forward(planes, *kernel, *stride, t_out, argmin)
+        _raise_if(numba_pool.pool_forward(planes, *kernel, *stride, t_out, argmin), t_in)
         ctx.argmin, ctx.in_shape = argmin, t_in.shape
         return torch.from_numpy(t_out).view(batch, channels, h_out, w_out)
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .numba_cpu import _sorted_spikes
+from .numba_cpu import _count_invalid, _sorted_spikes
 from .reference import SILENT_HORIZON
 
 
@@ -161,6 +161,8 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
         order: ``(B, C_in*H*W)`` int32 spiking input indices in time order (written).
         times: ``(B, C_in*H*W)`` their times (written).
         n_spikes: ``(B,)`` int32 number of spiking inputs (written).
+
+    Returns the number of input entries that are not spike times (NaN or negative).
     """
     batch = t_flat.shape[0]
     _, h_in, w_in, k_h, k_w, stride_h, stride_w, pad_h, pad_w, h_out, w_out = geometry
@@ -172,7 +174,9 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
     horizon = np.full(1, SILENT_HORIZON, dtype=t_flat.dtype)[0]
     one = np.ones(1, dtype=t_flat.dtype)[0]
     zero = np.zeros(1, dtype=t_flat.dtype)[0]
+    bad = 0
     for b in prange(batch):
+        bad += _count_invalid(t_flat[b])
         count = _sorted_spikes(t_flat[b], keys[b], order[b], times[b])
         n_spikes[b] = count
         s = np.zeros(n_out, dtype=t_flat.dtype)
@@ -205,6 +209,7 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
                 t_out[b], p, h_out * w_out, c_real, anchor[b, lo:hi], inv_slope[b, lo:hi], zero, one, inf,
             )
         n_causal[b] = nc
+    return bad
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})

@@ -91,6 +91,21 @@ def _sorted_spikes(t_row, key_row, order_row, times_row):  # pragma: no cover - 
     return count
 
 
+@njit(cache=True, nogil=True)
+def _count_invalid(t_row):  # pragma: no cover - compiled
+    """How many entries of the 1-D ``t_row`` are not spike times (NaN or negative; ``inf`` is one).
+
+    The forward kernels count them while the input is in cache, and their callers raise
+    (``stdbp.functional.check_spike_times`` names the problem), so that no separate pass over
+    the input is needed.
+    """
+    zero = np.zeros(1, dtype=t_row.dtype)[0]
+    bad = 0
+    for i in range(t_row.shape[0]):
+        bad += np.int64(not t_row[i] >= zero)
+    return bad
+
+
 #: Most neurons per block of the scan (blocks are of equal size, a multiple of 8 neurons): a
 #: block's state (four floats per neuron) stays in the first-level cache while its weight rows
 #: stream through; wider blocks pay the per-input overhead (row slicing, alias checks) less often.
@@ -233,14 +248,17 @@ def relpsp_linear_forward(t_in, keys, weight_t, threshold, t_out, anchor, inv_sl
 
     Every sample's spikes are sorted first (in parallel over the batch), then scanned per block
     of neurons and sample (:func:`_scan_block`), the (block, chunk of the batch) tasks in parallel.
-    A neuron fires at ``(threshold + sum_C w t) / sum_C w`` (eq. 12).
+    A neuron fires at ``(threshold + sum_C w t) / sum_C w`` (eq. 12). Returns the number of
+    input entries that are not spike times (:func:`_count_invalid`).
     """
     batch = t_in.shape[0]
     n_out = weight_t.shape[1]
     horizon = np.full(1, SILENT_HORIZON, dtype=t_in.dtype)[0]
     zero = np.zeros(1, dtype=t_in.dtype)[0]
     one = np.ones(1, dtype=t_in.dtype)[0]
+    bad = 0
     for b in prange(batch):
+        bad += _count_invalid(t_in[b])
         n_spikes[b] = _sorted_spikes(t_in[b], keys[b], order[b], times[b])
     block = block_width(n_out)
     n_blocks = (n_out + block - 1) // block
@@ -262,6 +280,7 @@ def relpsp_linear_forward(t_in, keys, weight_t, threshold, t_out, anchor, inv_sl
             _scan_block(times[b], order[b], count, weight_t, lo, s, r, n, a)
             t_ref = (times[b, count - 1] if count > 0 else zero) + horizon
             _finish(s, r, n, a, t_ref, t_out[b, lo:hi], anchor[b, lo:hi], inv_slope[b, lo:hi], n_causal[b, lo:hi])
+    return bad
 
 
 @njit(parallel=True, cache=True, fastmath={"contract"})

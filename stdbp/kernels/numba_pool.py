@@ -23,11 +23,18 @@ def pool_forward(t_in, k_h, k_w, s_h, s_w, t_out, argmin):  # pragma: no cover -
         k_h, k_w, s_h, s_w: window and stride.
         t_out: ``(P, H_out, W_out)`` (written).
         argmin: ``(P, H_out, W_out)`` int32 (written).
+
+    Returns the number of input entries that are not spike times (NaN or negative).
     """
     n_planes, _, width = t_in.shape
     _, h_out, w_out = t_out.shape
     inf = np.full(1, np.inf, dtype=t_in.dtype)[0]
+    zero = np.zeros(1, dtype=t_in.dtype)[0]
+    bad = 0
     for p in prange(n_planes):
+        for y in range(t_in.shape[1]):
+            for x in range(width):
+                bad += np.int64(not t_in[p, y, x] >= zero)
         for oy in range(h_out):
             for ox in range(w_out):
                 best = inf
@@ -42,6 +49,7 @@ def pool_forward(t_in, k_h, k_w, s_h, s_w, t_out, argmin):  # pragma: no cover -
                         best = v if earlier else best
                 t_out[p, oy, ox] = best
                 argmin[p, oy, ox] = where
+    return bad
 
 
 @njit(parallel=True, cache=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .numba_cpu import _finish, _input_grad_row, _scan_block, _sorted_spikes, block_width
+from .numba_cpu import _count_invalid, _finish, _input_grad_row, _scan_block, _sorted_spikes, block_width
 from .reference import SILENT_HORIZON
 
 
@@ -60,9 +60,7 @@ def stack_forward(weights, widths, thresholds, t, keys, anchor, inv_slope, n_cau
     horizon = np.full(1, SILENT_HORIZON, dtype=t[0].dtype)[0]
     bad = 0
     for b in prange(batch):
-        t_row = t[0][b]
-        for i in range(t_row.shape[0]):
-            bad += np.int64(not t_row[i] >= zero)
+        bad += _count_invalid(t[0][b])
         s = np.empty(widest, dtype=t[0].dtype)
         r = np.empty(widest, dtype=t[0].dtype)
         n = np.empty(widest, dtype=t[0].dtype)
@@ -103,11 +101,13 @@ def stack_forward(weights, widths, thresholds, t, keys, anchor, inv_slope, n_cau
 
 
 @njit(parallel=True, cache=True)
-def scale_gradient(grad, inv_slope, anchor, a, top):  # pragma: no cover - compiled
+def scale_gradient(grad, inv_slope, anchor, times, n_spikes, a, top):  # pragma: no cover - compiled
     """``a = grad * inv_slope`` ``(B, W)`` (0 in the padding columns beyond ``grad``'s ``N``).
 
-    ``top`` ``(2, B)`` is written: per sample the largest ``|a|`` and the largest ``anchor`` of
-    the layer's neurons (``inf`` for NaN or inf), which bound the weight gradient's terms.
+    ``top`` ``(3, B)`` is written: per sample the largest ``|a|`` and the largest ``anchor`` of
+    the layer's neurons (``inf`` for NaN or inf), which bound the terms of eq. 14, and the
+    latest input spike (``times``, ``n_spikes`` of the forward pass; 0 if none), which with
+    them bounds the terms of the sum over all pairs.
     """
     zero = np.zeros(1, dtype=a.dtype)[0]
     big = np.full(1, np.finfo(a.dtype).max, dtype=a.dtype)[0]
@@ -122,6 +122,7 @@ def scale_gradient(grad, inv_slope, anchor, a, top):  # pragma: no cover - compi
         for j in range(n, a.shape[1]):
             a[b, j] = zero
         top[0, b], top[1, b] = top_a, top_t
+        top[2, b] = times[b, n_spikes[b] - 1] if n_spikes[b] > 0 else zero
 
 
 @njit(parallel=True, cache=True)

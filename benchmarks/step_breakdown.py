@@ -1,0 +1,123 @@
+"""Where the time of whole stdbp training steps goes: kernels, loss, Adam and the rest (the README's "Speed").
+
+Usage: python benchmarks/step_breakdown.py [--arch 784-800-10] [--batch-size 64] [--steps 200]
+
+Runs ``--steps`` training steps of a freshly initialised network on real MNIST batches (as
+``stdbp bench`` does: forward, loss, backward, fused Adam) and, interleaved, of the same-shape
+ReLU network, and reports per step the median wall time of: the whole step; the forward and
+backward numba kernels (each call timed, summed per step); the loss; the Adam update; and
+what is left (Python, autograd, tensor conversions). The kernels' sum plus Adam is a floor
+for any implementation of this step that keeps the kernels: compare it with the ReLU step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+from typing import Callable
+
+import torch
+from torch import nn
+
+from stdbp.bench import _batches, relu_network
+from stdbp.functional import first_spike_cross_entropy
+from stdbp.kernels import numba_conv, numba_cpu, numba_pool, numba_stack
+from stdbp.models import build
+from stdbp.train import encode
+
+KERNELS = {
+    "forward": [(numba_stack, "stack_forward"), (numba_conv, "relpsp_conv2d_forward"), (numba_pool, "pool_forward"), (numba_cpu, "relpsp_linear_forward")],
+    "backward": [
+        (numba_stack, "scale_gradient"),
+        (numba_stack, "input_gradient"),
+        (numba_stack, "weight_gradient_correction"),
+        (numba_cpu, "relpsp_linear_backward_weight"),
+        (numba_cpu, "relpsp_linear_backward_input"),
+        (numba_conv, "relpsp_conv2d_backward"),
+        (numba_pool, "pool_backward"),
+        (torch, "mm"),
+    ],
+}
+
+
+def instrument(spent: dict[str, float]) -> None:
+    """Wrap every kernel entry point so that its wall time is added to ``spent[kind]``."""
+    for kind, entries in KERNELS.items():
+        for module, name in entries:
+            original = getattr(module, name)
+
+            def timed(*args, _original: Callable = original, _kind: str = kind, **kwargs):
+                start = time.perf_counter()
+                result = _original(*args, **kwargs)
+                spent[_kind] += time.perf_counter() - start
+                return result
+
+            setattr(module, name, timed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="784-800-10")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=200)
+    args = parser.parse_args()
+
+    batches = _batches(args.batch_size, 8)
+    spatial = "x" in args.arch.split("-")[0]
+    coded = [(encode(images, 1.0), labels) for images, labels in batches]
+    floats = [((images.float() / 255).unsqueeze(1) if spatial else (images.float() / 255).flatten(1), labels) for images, labels in batches]
+    torch.manual_seed(0)
+    model, relu = build(args.arch), relu_network(args.arch)
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    relu_adam = torch.optim.Adam(relu.parameters(), lr=1e-3, fused=True)
+    spent: dict[str, float] = defaultdict(float)
+    rows: dict[str, list[float]] = defaultdict(list)
+    instrument(spent)
+
+    def stdbp_step(i: int) -> None:
+        t_in, labels = coded[i % len(coded)]
+        spent.clear()
+        start = time.perf_counter()
+        t_out = model(t_in)
+        loss_start = time.perf_counter()
+        loss = first_spike_cross_entropy(t_out, labels, tau=0.05)
+        loss_end = time.perf_counter()
+        adam.zero_grad(set_to_none=True)
+        loss.backward()
+        adam_start = time.perf_counter()
+        adam.step()
+        end = time.perf_counter()
+        rows["step"].append(end - start)
+        rows["forward kernels"].append(spent["forward"])
+        rows["backward kernels"].append(spent["backward"])
+        rows["loss (forward)"].append(loss_end - loss_start)
+        rows["Adam"].append(end - adam_start)
+        rows["the rest"].append((end - start) - spent["forward"] - spent["backward"] - (loss_end - loss_start) - (end - adam_start))
+
+    def relu_step(i: int) -> None:
+        x, labels = floats[i % len(floats)]
+        start = time.perf_counter()
+        loss = nn.functional.cross_entropy(relu(x), labels)
+        relu_adam.zero_grad(set_to_none=True)
+        loss.backward()
+        relu_adam.step()
+        rows["ReLU step"].append(time.perf_counter() - start)
+
+    for i in range(10):
+        stdbp_step(i)
+        relu_step(i)
+    rows.clear()
+    for i in range(args.steps):
+        stdbp_step(i)
+        relu_step(i)
+    print(f"{args.arch}, batch {args.batch_size}, fresh network, medians of {args.steps} steps (ms), {torch.get_num_threads()} threads")
+    for name, values in rows.items():
+        print(f"  {name:18s} {1000 * statistics.median(values):7.2f}")
+    floor = statistics.median(rows["forward kernels"]) + statistics.median(rows["backward kernels"]) + statistics.median(rows["Adam"])
+    print(f"  kernels + Adam     {1000 * floor:7.2f}  ({floor / statistics.median(rows['ReLU step']):.2f} ReLU steps)")
+
+
+if __name__ == "__main__":
+    main()
