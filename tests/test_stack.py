@@ -182,8 +182,9 @@ def test_auto_backward_picks_dense_only_for_mostly_causal_layers() -> None:
     assert not _dense_is_cheaper("prefix", spikes, spikes, (256, 1024), True)
 
 
+@pytest.mark.parametrize("all_spike", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_weight_correction_does_not_depend_on_the_row_parts(dtype: type) -> None:
+def test_weight_correction_does_not_depend_on_the_row_parts(dtype: type, all_spike: bool) -> None:
     from stdbp.kernels import numba_stack
 
     rng = np.random.default_rng(2)
@@ -198,9 +199,11 @@ def test_weight_correction_does_not_depend_on_the_row_parts(dtype: type) -> None
     results = []
     for parts in (1, 3, 7):
         grad = np.ones((n_in, n_out), dtype=dtype)
-        numba_stack.weight_gradient_correction(times, a, anchor, n_causal, order, n_spikes, first_fire, parts, grad)
+        numba_stack.weight_gradient_correction(times, a, anchor, n_causal, order, n_spikes, first_fire, all_spike, parts, grad)
         results.append(grad)
     expected = np.ones((n_in, n_out))
+    if all_spike:  # the products held only sum_b a t_i: sum_b a t_j comes off every row
+        expected -= (a.astype(np.float64) * anchor).sum(axis=0)
     for b in range(batch):
         for k in range(first_fire[b], n_spikes[b]):
             noncausal = k >= n_causal[b]

@@ -168,15 +168,17 @@ class RelpspStackNumba(torch.autograd.Function):
                 numba_stack.input_gradient(w_t, widths[l], a, n_causal[l], order[l], n_spikes[l], dense, first_fire[l], grad_in)
             if ctx.needs_input_grad[2 + l]:
                 if dense:  # the sum over all spiking pairs of a_j t_i - a_j t_j, then the correction
-                    if n_spikes[l].min() == t[l].shape[1]:  # every input spikes: the a_j t_j sum is one row
+                    all_spike = bool(n_spikes[l].min() == t[l].shape[1])
+                    if all_spike:  # the a_j t_j sum is the same for every row: subtracted in the correction
                         grad_w_t = torch.mm(torch.from_numpy(t[l]).t(), torch.from_numpy(a)).numpy()
-                        grad_w_t -= np.einsum("bj,bj->j", a, anchor[l])
                     else:
                         spiking = np.isfinite(t[l])
                         lhs = np.concatenate([np.where(spiking, t[l], 0), spiking.astype(dtype)])  # (2B, N_in)
                         rhs = np.concatenate([a, -(a * anchor[l])])  # (2B, W)
                         grad_w_t = torch.mm(torch.from_numpy(lhs).t(), torch.from_numpy(rhs)).numpy()
-                    numba_stack.weight_gradient_correction(times[l], a, anchor[l], n_causal[l], order[l], n_spikes[l], first_fire[l], numba.get_num_threads(), grad_w_t)
+                    numba_stack.weight_gradient_correction(
+                        times[l], a, anchor[l], n_causal[l], order[l], n_spikes[l], first_fire[l], all_spike, numba.get_num_threads(), grad_w_t
+                    )
                     grad_w = torch.from_numpy(grad_w_t).t()
                 else:
                     grad_w = _weight_gradient(times[l], a, anchor[l], n_causal[l], order[l], n_spikes[l], w_t, (top_a, top_t))
@@ -272,7 +274,7 @@ class RelpspConv2dNumba(torch.autograd.Function):
         batch = anchor.shape[0]
         c_out, c_pad = ctx.c_out, weight_f.shape[1] // k_w
         grad_nchw = grad_out.detach().contiguous().reshape(batch, -1).numpy()  # (B, C_out*H_out*W_out)
-        grad_in = np.zeros(times.shape, dtype=times.dtype)
+        grad_in = np.zeros(times.shape if ctx.needs_input_grad[0] else (batch, 0), dtype=times.dtype)
         grad_w_partial = np.empty((batch, *weight_f.shape), dtype=times.dtype)
         numba_conv.relpsp_conv2d_backward(
             weight_f, grad_nchw, inv_slope, anchor, n_causal, order, times, n_spikes, geometry, _reach_table(geometry, c_pad),
@@ -313,6 +315,6 @@ class EarliestSpikePoolNumba(torch.autograd.Function):
 
         batch, channels, height, width = ctx.in_shape
         grad = grad_out.detach().contiguous().numpy().reshape(ctx.argmin.shape)
-        grad_in = np.zeros((batch * channels, height * width), dtype=grad.dtype)
-        numba_pool.pool_backward(grad, ctx.argmin, grad_in)
+        grad_in = np.empty((batch * channels, height * width), dtype=grad.dtype)
+        numba_pool.pool_backward(grad, ctx.argmin, grad_in)  # zeroes grad_in plane by plane
         return torch.from_numpy(grad_in).view(ctx.in_shape), None, None

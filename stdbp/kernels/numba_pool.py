@@ -54,9 +54,11 @@ def pool_forward(t_in, k_h, k_w, s_h, s_w, t_out, argmin):  # pragma: no cover -
 
 @njit(parallel=True, cache=True)
 def pool_backward(grad_out, argmin, grad_in):  # pragma: no cover - compiled
-    """``grad_in`` (``(P, H * W)``, zeroed by the caller) += each window's gradient at its earliest spike."""
+    """``grad_in`` (``(P, H * W)``, written): each window's gradient at its earliest spike, 0 elsewhere."""
     n_planes, h_out, w_out = grad_out.shape
+    zero = np.zeros(1, dtype=grad_in.dtype)[0]
     for p in prange(n_planes):
+        grad_in[p] = zero
         for oy in range(h_out):
             for ox in range(w_out):
                 where = argmin[p, oy, ox]

@@ -157,10 +157,12 @@ def input_gradient(weight_t, n_out, a, n_causal, order, n_spikes, dense, first_f
 
 
 @njit(parallel=True, cache=True, fastmath={"contract"})
-def weight_gradient_correction(times, a, anchor, n_causal, order, n_spikes, first_fire, n_parts, grad_w_t):  # pragma: no cover
+def weight_gradient_correction(times, a, anchor, n_causal, order, n_spikes, first_fire, all_spike, n_parts, grad_w_t):  # pragma: no cover
     """``grad_w_t[i, j] -= sum_b a[b, j] * (t_i - t_j)`` over the spiking inputs ``i`` that are not
     causal for ``j``: turns the sum over all spiking inputs (a matrix product) into eq. 14.
 
+    With ``all_spike`` (every input spikes in every sample), ``grad_w_t`` holds only the products
+    ``sum_b a[b, j] t_i``, and ``sum_b a[b, j] t_j`` is subtracted from every row first.
     Parallel over ranges of rows, each row corrected in batch order by one task (so the result
     does not depend on ``n_parts``).
     """
@@ -171,6 +173,15 @@ def weight_gradient_correction(times, a, anchor, n_causal, order, n_spikes, firs
         i_lo = part * rows
         i_hi = min(i_lo + rows, n_in)
         k_cast = np.zeros(1, dtype=times.dtype)
+        if all_spike:
+            u = np.zeros(n_out, dtype=times.dtype)
+            for b in range(batch):
+                for j in range(n_out):
+                    u[j] += a[b, j] * anchor[b, j]
+            for i in range(i_lo, i_hi):
+                g = grad_w_t[i]
+                for j in range(n_out):
+                    g[j] -= u[j]
         for b in range(batch):
             for k in range(first_fire[b], n_spikes[b]):
                 i = order[b, k]
