@@ -138,11 +138,11 @@ def relpsp_linear_kernel(t_in: Tensor, weight: Tensor, threshold: float, backend
 def relpsp_linear_stack_kernel(t_in: Tensor, weights: Sequence[Tensor], thresholds: Sequence[float], backend: str | None = None) -> Tensor:
     """Dispatch a stack of fully connected layers: one fused kernel call per pass with numba,
     layer by layer otherwise. Shapes, dtypes and thresholds are assumed valid (see
-    ``stdbp.functional``); the input times are checked here (by the numba kernel as it reads them).
+    ``stdbp.functional``); the input times are checked here (by the numba kernel as it reads
+    them, otherwise by the first layer's dispatch).
     """
     if resolve_backend(t_in.device, backend) == "numba":
         return RelpspStackNumba.apply(t_in, tuple(float(th) for th in thresholds), *weights)
-    _check_times(t_in)
     for weight, threshold in zip(weights, thresholds):
         t_in = relpsp_linear_kernel(t_in, weight, threshold, backend)
     return t_in

@@ -151,13 +151,13 @@ class RelpspStackNumba(torch.autograd.Function):
         grad = grad_out.detach().contiguous().numpy()
         batch, dtype = grad.shape[0], grad.dtype
         grads: list[Tensor | None] = [None] * (len(w_ts) + 1)  # input, then each weight
+        limit = 0.5 * float(np.finfo(dtype).max)
         for l in range(len(w_ts) - 1, -1, -1):
             w_t, want_input = w_ts[l], l > 0 or ctx.needs_input_grad[0]
             a = np.empty_like(anchor[l])
             top = np.empty((3, batch), dtype=dtype)
             numba_stack.scale_gradient(grad, inv_slope[l], anchor[l], times[l], n_spikes[l], a, top)
             top_a, top_t, latest = top.max(axis=1).tolist()
-            limit = 0.5 * float(np.finfo(dtype).max)
             safe = top_a * top_t * batch < limit  # no term of eq. 14 can overflow
             dense = safe and _dense_is_cheaper(ctx.mode, n_spikes[l], first_fire[l], w_t.shape, want_input)
             if dense:  # nor may the sums over all pairs, non-causal ones included

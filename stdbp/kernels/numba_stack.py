@@ -1,4 +1,4 @@
-"""A stack of fully connected ReL-PSP layers in one kernel call per pass (numba, CPU).
+"""A stack of fully connected ReL-PSP layers: the forward in one kernel call (numba, CPU).
 
 The forward pass takes one sample at a time through every layer (in parallel over the batch):
 sort the layer's spiking inputs, scan them (``numba_cpu._scan_block``), write the outputs, and
@@ -15,8 +15,8 @@ Per layer ``l`` of ``N_l -> N_{l+1}`` neurons, arrays come in tuples with one en
 ``weights[l]`` is the transposed weight ``(N_l, N_{l+1})``, C-contiguous; ``t[l]`` the layer's
 input times ``(B, N_l)`` (``t[L]`` the network's output); ``order[l]``, ``times[l]`` its sorted
 spiking inputs ``(B, N_l)``; ``anchor[l]``, ``inv_slope[l]``, ``n_causal[l]`` ``(B, N_{l+1})``
-as in ``numba_cpu.relpsp_linear_forward``. Results are the same, bit for bit, as running
-``numba_cpu`` layer by layer.
+as in ``numba_cpu.relpsp_linear_forward``. Spike times, and gradients summed over causal
+prefixes, are the same, bit for bit, as running ``numba_cpu`` layer by layer.
 """
 
 from __future__ import annotations
