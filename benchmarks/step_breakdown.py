@@ -28,14 +28,22 @@ from stdbp.models import build
 from stdbp.train import encode
 
 KERNELS = {
-    "forward": [(numba_stack, "stack_forward"), (numba_conv, "relpsp_conv2d_forward"), (numba_pool, "pool_forward"), (numba_cpu, "relpsp_linear_forward")],
+    "forward": [
+        (numba_stack, "stack_forward"),
+        (numba_conv, "weight_layout"),
+        (numba_conv, "relpsp_conv2d_forward"),
+        (numba_pool, "pool_forward"),
+        (numba_cpu, "relpsp_linear_forward"),
+    ],
     "backward": [
         (numba_stack, "scale_gradient"),
+        (numba_stack, "abs_max"),
         (numba_stack, "input_gradient"),
         (numba_stack, "weight_gradient_correction"),
         (numba_cpu, "relpsp_linear_backward_weight"),
         (numba_cpu, "relpsp_linear_backward_input"),
         (numba_conv, "relpsp_conv2d_backward"),
+        (numba_conv, "weight_gradient"),
         (numba_pool, "pool_backward"),
         (torch, "mm"),
     ],

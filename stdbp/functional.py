@@ -21,13 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels import earliest_spike_pool2d_kernel, relpsp_conv2d_kernel, relpsp_linear_kernel, relpsp_linear_stack_kernel
+from .kernels import (
+    conv_output_size,
+    earliest_spike_pool2d_kernel,
+    relpsp_conv2d_kernel,
+    relpsp_conv2d_pool_kernel,
+    relpsp_linear_kernel,
+    relpsp_linear_stack_kernel,
+)
 
 __all__ = [
     "relpsp_linear",
     "relpsp_linear_stack",
     "relpsp_conv2d",
     "earliest_spike_pool2d",
+    "relpsp_conv2d_pool",
     "first_spike_cross_entropy",
     "first_spike_decision",
     "check_spike_times",
@@ -140,6 +148,37 @@ def _pair(value: int | tuple[int, int], name: str, minimum: int) -> tuple[int, i
     return pair  # type: ignore[return-value]
 
 
+def _conv_args(t_in: Tensor, weight: Tensor, threshold: float, stride: int | tuple[int, int], padding: int | tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Check the arguments of :func:`relpsp_conv2d`; return stride and padding as ``(H, W)`` pairs."""
+    if t_in.dim() != 4 or weight.dim() != 4:
+        raise ValueError(
+            f"relpsp_conv2d expects t_in (batch, channels, height, width) and weight "
+            f"(out_channels, in_channels, kH, kW), got shapes {tuple(t_in.shape)} and {tuple(weight.shape)}"
+        )
+    if t_in.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"shape mismatch: t_in has {t_in.shape[1]} channels but weight expects {weight.shape[1]} "
+            f"(weight is (out_channels, in_channels, kH, kW) = {tuple(weight.shape)})"
+        )
+    _check_dtypes_threshold(t_in, weight, threshold)
+    stride_hw = _pair(stride, "stride", 1)
+    padding_hw = _pair(padding, "padding", 0)
+    for axis, size, kernel, pad in zip(("height", "width"), t_in.shape[2:], weight.shape[2:], padding_hw):
+        if kernel < 1 or size + 2 * pad < kernel:
+            raise ValueError(f"kernel {kernel} does not fit the input {axis} {size} with padding {pad}")
+    return stride_hw, padding_hw
+
+
+def _pool_args(shape: Sequence[int], kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Check a pooling window against a ``(B, C, H, W)`` input ``shape``; return window and stride as pairs."""
+    kernel_hw = _pair(kernel_size, "kernel_size", 1)
+    stride_hw = kernel_hw if stride is None else _pair(stride, "stride", 1)
+    for axis, size, kernel in zip(("height", "width"), shape[2:], kernel_hw):
+        if size < kernel:
+            raise ValueError(f"pooling window {kernel} does not fit the input {axis} {size}")
+    return kernel_hw, stride_hw
+
+
 def relpsp_conv2d(
     t_in: Tensor,
     weight: Tensor,
@@ -171,22 +210,7 @@ def relpsp_conv2d(
     the surrogate of :func:`relpsp_linear`, with ``t_ref`` the latest input spike *of its
     receptive field* plus ``stdbp.kernels.SILENT_HORIZON``.
     """
-    if t_in.dim() != 4 or weight.dim() != 4:
-        raise ValueError(
-            f"relpsp_conv2d expects t_in (batch, channels, height, width) and weight "
-            f"(out_channels, in_channels, kH, kW), got shapes {tuple(t_in.shape)} and {tuple(weight.shape)}"
-        )
-    if t_in.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"shape mismatch: t_in has {t_in.shape[1]} channels but weight expects {weight.shape[1]} "
-            f"(weight is (out_channels, in_channels, kH, kW) = {tuple(weight.shape)})"
-        )
-    _check_dtypes_threshold(t_in, weight, threshold)
-    stride_hw = _pair(stride, "stride", 1)
-    padding_hw = _pair(padding, "padding", 0)
-    for axis, size, kernel, pad in zip(("height", "width"), t_in.shape[2:], weight.shape[2:], padding_hw):
-        if kernel < 1 or size + 2 * pad < kernel:
-            raise ValueError(f"kernel {kernel} does not fit the input {axis} {size} with padding {pad}")
+    stride_hw, padding_hw = _conv_args(t_in, weight, threshold, stride, padding)
     return relpsp_conv2d_kernel(t_in, weight, float(threshold), stride_hw, padding_hw, backend)
 
 
@@ -213,11 +237,7 @@ def earliest_spike_pool2d(
     """
     if t_in.dim() != 4:
         raise ValueError(f"earliest_spike_pool2d expects t_in (batch, channels, height, width), got shape {tuple(t_in.shape)}")
-    kernel_hw = _pair(kernel_size, "kernel_size", 1)
-    stride_hw = kernel_hw if stride is None else _pair(stride, "stride", 1)
-    for axis, size, kernel in zip(("height", "width"), t_in.shape[2:], kernel_hw):
-        if size < kernel:
-            raise ValueError(f"pooling window {kernel} does not fit the input {axis} {size}")
+    kernel_hw, stride_hw = _pool_args(t_in.shape, kernel_size, stride)
     if not t_in.is_floating_point():
         raise ValueError(f"t_in must be a floating-point tensor of spike times, got {t_in.dtype}")
     return earliest_spike_pool2d_kernel(t_in, kernel_hw, stride_hw, backend)  # checks the times
@@ -294,3 +314,28 @@ def first_spike_decision(t_out: Tensor) -> Tensor:
     """
     decision = torch.argmin(t_out, dim=1)
     return torch.where(torch.isinf(t_out).all(dim=1), torch.full_like(decision, -1), decision)
+
+
+def relpsp_conv2d_pool(
+    t_in: Tensor,
+    weight: Tensor,
+    threshold: float = 1.0,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    pool_size: int | tuple[int, int] = 2,
+    pool_stride: int | tuple[int, int] | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """:func:`relpsp_conv2d` followed by :func:`earliest_spike_pool2d` (window ``pool_size``,
+    stride ``pool_stride``, default the window): ``(B, C_in, H, W)`` -> ``(B, C_out, PH, PW)``.
+
+    The same spike times and gradients as the two calls, bit for bit. With the numba backend it
+    is one kernel call per pass: each sample's convolution output is pooled while it is in cache
+    and never stored whole, and the pooling's gradient is scattered inside the convolution's
+    backward kernel. :class:`stdbp.models.SpikingNetwork` uses it for every convolution followed
+    by pooling (``6C5-P2``).
+    """
+    stride_hw, padding_hw = _conv_args(t_in, weight, threshold, stride, padding)
+    out_shape = (t_in.shape[0], weight.shape[0], *(conv_output_size(size, k, st, pad) for size, k, st, pad in zip(t_in.shape[2:], weight.shape[2:], stride_hw, padding_hw)))
+    kernel_hw, pool_stride_hw = _pool_args(out_shape, pool_size, pool_stride)
+    return relpsp_conv2d_pool_kernel(t_in, weight, float(threshold), stride_hw, padding_hw, kernel_hw, pool_stride_hw, backend)  # checks the times

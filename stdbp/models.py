@@ -184,24 +184,44 @@ class SpikingNetwork(nn.Module):
 
         Consecutive fully connected ReL-PSP layers with the same ``backend`` and no forward hooks
         run as one :func:`stdbp.functional.relpsp_linear_stack` (one kernel call per pass with
-        the numba backend).
+        the numba backend), and a convolution followed by pooling as one
+        :func:`stdbp.functional.relpsp_conv2d_pool`.
         """
         t = self.shape_input(t_in)
         run: list[SpikingLinear] = []
-        for layer in self.layers:
+        layers = list(self.layers)
+        index = 0
+        while index < len(layers):
+            layer = layers[index]
+            index += 1
             if _stackable(layer) and (not run or layer.backend == run[0].backend):  # type: ignore[union-attr]
                 run.append(layer)  # type: ignore[arg-type]
                 continue
             t = _run_stack(t, run)
             run = [layer] if _stackable(layer) else []  # type: ignore[list-item]
-            if not run:
+            if run:
+                continue
+            if index < len(layers) and _fusable(layer, layers[index]):
+                pool = layers[index]
+                index += 1
+                t = F.relpsp_conv2d_pool(t, layer.weight, layer.threshold, layer.stride, layer.padding, pool.kernel_size, pool.stride, layer.backend)  # type: ignore[union-attr]
+            else:
                 t = layer(t.flatten(1) if isinstance(layer, AlphaSpikingLinear) and t.dim() > 2 else t)
         return _run_stack(t, run)
 
 
+def _hookless(layer: nn.Module) -> bool:
+    return not (layer._forward_hooks or layer._forward_pre_hooks)
+
+
+def _fusable(conv: nn.Module, pool: nn.Module) -> bool:
+    """Whether a convolution and the pooling after it may run as one :func:`stdbp.functional.relpsp_conv2d_pool`."""
+    return isinstance(conv, SpikingConv2d) and isinstance(pool, EarliestSpikePool2d) and conv.backend == pool.backend and _hookless(conv) and _hookless(pool)
+
+
 def _stackable(layer: nn.Module) -> bool:
     """Whether ``layer`` may run inside a fused stack of fully connected layers (no hooks to call)."""
-    return isinstance(layer, SpikingLinear) and not (layer._forward_hooks or layer._forward_pre_hooks)
+    return isinstance(layer, SpikingLinear) and _hookless(layer)
 
 
 def _run_stack(t: Tensor, run: list[SpikingLinear]) -> Tensor:

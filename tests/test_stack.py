@@ -174,12 +174,12 @@ def test_dense_backward_matches_causal_prefix_sums(stack_backward, dtype: torch.
 def test_auto_backward_picks_dense_only_for_mostly_causal_layers() -> None:
     from stdbp.kernels.numba_autograd import _dense_is_cheaper
 
-    spikes = np.full(64, 256)
-    assert _dense_is_cheaper("auto", spikes, np.full(64, 230), (256, 1024), True)  # 10 % non-causal
-    assert not _dense_is_cheaper("auto", spikes, np.full(64, 100), (256, 1024), True)  # 60 %: loses digits
-    assert not _dense_is_cheaper("auto", np.full(64, 20), np.full(64, 20), (784, 800), True)  # sparse input: prefix is cheaper
-    assert _dense_is_cheaper("dense", spikes, np.zeros(64), (8, 8), False)
-    assert not _dense_is_cheaper("prefix", spikes, spikes, (256, 1024), True)
+    spikes = 64 * 256  # every input of 64 samples spikes
+    assert _dense_is_cheaper("auto", spikes, 64 * 26, 64, (256, 1024), True)  # 10 % non-causal
+    assert not _dense_is_cheaper("auto", spikes, 64 * 156, 64, (256, 1024), True)  # 60 %: loses digits
+    assert not _dense_is_cheaper("auto", 64 * 20, 0, 64, (784, 800), True)  # sparse input: prefix is cheaper
+    assert _dense_is_cheaper("dense", spikes, spikes, 64, (8, 8), False)
+    assert not _dense_is_cheaper("prefix", spikes, 0, 64, (256, 1024), True)
 
 
 @pytest.mark.parametrize("all_spike", [False, True])

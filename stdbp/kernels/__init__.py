@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .conv_reference import conv_output_size, relpsp_conv2d_reference
-from .numba_autograd import EarliestSpikePoolNumba, RelpspConv2dNumba, RelpspLinearNumba, RelpspStackNumba, sort_keys
+from .numba_autograd import NO_POOL, EarliestSpikePoolNumba, RelpspConv2dNumba, RelpspLinearNumba, RelpspStackNumba, sort_keys
 from .reference import SILENT_HORIZON, relpsp_linear_reference
 
 BACKENDS = ("reference", "numba", "triton")
@@ -35,6 +35,7 @@ __all__ = [
     "relpsp_linear_stack_kernel",
     "sort_keys",
     "relpsp_conv2d_kernel",
+    "relpsp_conv2d_pool_kernel",
     "earliest_spike_pool2d_kernel",
     "earliest_spike_pool2d_reference",
 ]
@@ -161,7 +162,26 @@ def relpsp_conv2d_kernel(
     if name == "reference":
         _check_times(t_in)
         return relpsp_conv2d_reference(_saturating(t_in), _saturating(weight), threshold, stride, padding)
-    return RelpspConv2dNumba.apply(t_in, weight, threshold, stride, padding)
+    return RelpspConv2dNumba.apply(t_in, weight, threshold, stride, padding, NO_POOL)
+
+
+def relpsp_conv2d_pool_kernel(
+    t_in: Tensor,
+    weight: Tensor,
+    threshold: float,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    pool_kernel: tuple[int, int],
+    pool_stride: tuple[int, int],
+    backend: str | None = None,
+) -> Tensor:
+    """Dispatch a convolution followed by earliest-spike pooling: one kernel call per pass with
+    numba (each sample's output pooled while it is in cache), the two kernels otherwise. The
+    input times are checked here, as for :func:`relpsp_conv2d_kernel`."""
+    if resolve_backend(t_in.device, backend, kind="conv") == "numba" and resolve_backend(t_in.device, backend, kind="pool") == "numba":
+        return RelpspConv2dNumba.apply(t_in, weight, threshold, stride, padding, (*pool_kernel, *pool_stride))
+    t_out = relpsp_conv2d_kernel(t_in, weight, threshold, stride, padding, backend)
+    return earliest_spike_pool2d_kernel(t_out, pool_kernel, pool_stride, backend)
 
 
 def earliest_spike_pool2d_reference(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:

@@ -155,20 +155,17 @@ class RelpspStackNumba(torch.autograd.Function):
         for l in range(len(w_ts) - 1, -1, -1):
             w_t, want_input = w_ts[l], l > 0 or ctx.needs_input_grad[0]
             a = np.empty_like(anchor[l])
-            top = np.empty((3, batch), dtype=dtype)
-            numba_stack.scale_gradient(grad, inv_slope[l], anchor[l], times[l], n_spikes[l], a, top)
-            top_a, top_t, latest = top.max(axis=1).tolist()
+            top_a, top_t, latest, spikes, non_causal, fewest = numba_stack.scale_gradient(grad, inv_slope[l], anchor[l], times[l], n_spikes[l], first_fire[l], a)
             safe = top_a * top_t * batch < limit  # no term of eq. 14 can overflow
-            dense = safe and _dense_is_cheaper(ctx.mode, n_spikes[l], first_fire[l], w_t.shape, want_input)
+            dense = safe and _dense_is_cheaper(ctx.mode, spikes, non_causal, batch, w_t.shape, want_input)
             if dense:  # nor may the sums over all pairs, non-causal ones included
-                w_max = max(float(w_t.max()), -float(w_t.min()))
-                dense = top_a * max(latest, top_t) * batch < limit and top_a * w_max * w_t.shape[1] < limit
+                dense = top_a * max(latest, top_t) * batch < limit and top_a * numba_stack.abs_max(w_t) * w_t.shape[1] < limit
             if want_input:
                 grad_in = torch.mm(torch.from_numpy(a), torch.from_numpy(w_t).t()).numpy() if dense else np.empty((batch, w_t.shape[0]), dtype=dtype)
                 numba_stack.input_gradient(w_t, widths[l], a, n_causal[l], order[l], n_spikes[l], dense, first_fire[l], grad_in)
             if ctx.needs_input_grad[2 + l]:
                 if dense:  # the sum over all spiking pairs of a_j t_i - a_j t_j, then the correction
-                    all_spike = bool(n_spikes[l].min() == t[l].shape[1])
+                    all_spike = fewest == t[l].shape[1]
                     if all_spike:  # the a_j t_j sum is the same for every row: subtracted in the correction
                         grad_w_t = torch.mm(torch.from_numpy(t[l]).t(), torch.from_numpy(a)).numpy()
                     else:
@@ -199,10 +196,10 @@ _STACK_BACKWARD = "auto"
 _MATMUL_COST = 0.1
 
 
-def _dense_is_cheaper(mode: str, n_spikes: np.ndarray, first_fire: np.ndarray, shape: tuple[int, int], want_input: bool) -> bool:
+def _dense_is_cheaper(mode: str, spikes: int, non_causal: int, batch: int, shape: tuple[int, int], want_input: bool) -> bool:
     """Whether matrix products less the non-causal pairs beat the causal-prefix sums for a layer
-    of ``shape = (N_in, W)`` whose samples have ``n_spikes`` spiking inputs, the first non-causal
-    one for some neuron at ``first_fire``.
+    of ``shape = (N_in, W)`` whose ``batch`` samples have ``spikes`` spiking inputs in all, of
+    which ``non_causal`` may be non-causal for some neuron (those from ``first_fire`` on).
 
     Never where more than a quarter of the inputs may be non-causal: a sum over all pairs less a
     large correction would lose float32 digits (measured: 4e-3 of the largest weight gradient
@@ -210,12 +207,11 @@ def _dense_is_cheaper(mode: str, n_spikes: np.ndarray, first_fire: np.ndarray, s
     """
     if mode != "auto":
         return mode == "dense"
-    non_causal = float((n_spikes - first_fire).sum())
-    if non_causal > 0.25 * float(n_spikes.sum()):
+    if non_causal > 0.25 * spikes:
         return False
     passes = 2 if want_input else 1
-    prefix = passes * float(n_spikes.sum()) * shape[1]
-    dense = _MATMUL_COST * len(n_spikes) * shape[0] * shape[1] * (passes + 1) + passes * non_causal * shape[1]
+    prefix = passes * float(spikes) * shape[1]
+    dense = _MATMUL_COST * batch * shape[0] * shape[1] * (passes + 1) + passes * float(non_causal) * shape[1]
     return dense < prefix
 
 
@@ -229,11 +225,22 @@ def _reach_table(geometry: tuple[int, ...], c_out: int) -> np.ndarray:
     return table
 
 
+#: ``pool`` of :class:`RelpspConv2dNumba` without pooling.
+NO_POOL = (0, 0, 1, 1)
+
+
 class RelpspConv2dNumba(torch.autograd.Function):
-    """Autograd wrapper of the numba convolutional scan (``numba_conv``): forward eq. 12, backward eqs. 14-15."""
+    """Autograd wrapper of the numba convolutional scan (``numba_conv``): forward eq. 12, backward
+    eqs. 14-15; with ``pool = (kH, kW, sH, sW)``, followed by earliest-spike pooling in the same
+    kernel call (the times and gradients of :class:`EarliestSpikePoolNumba` after it, bit for bit).
+
+    ``apply(t_in, weight, threshold, stride, padding, pool=NO_POOL)``: ``t_in`` ``(B, C_in, H, W)``,
+    ``weight`` ``(C_out, C_in, kH, kW)``; returns ``(B, C_out, H_out, W_out)``, or the pooled
+    ``(B, C_out, PH, PW)``.
+    """
 
     @staticmethod
-    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float, stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:  # type: ignore[override]
+    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float, stride: tuple[int, int], padding: tuple[int, int], pool: tuple[int, int, int, int] = NO_POOL) -> Tensor:  # type: ignore[override]
         from . import numba_conv
 
         batch, c_in, h_in, w_in = t_in.shape
@@ -241,14 +248,21 @@ class RelpspConv2dNumba(torch.autograd.Function):
         h_out = conv_output_size(h_in, k_h, stride[0], padding[0])
         w_out = conv_output_size(w_in, k_w, stride[1], padding[1])
         t_flat = t_in.detach().reshape(batch, c_in * h_in * w_in).contiguous().numpy()  # (B, C_in*H*W)
-        # (C_in*kH, kW*C_pad) with kx flipped: the layout of numba_conv.relpsp_conv2d_forward, the
-        # output channels padded with zero weights to whole vectors of 8 (runs without a scalar tail)
-        c_pad = -(-c_out // 8) * 8
-        weight_p = torch.nn.functional.pad(weight.detach(), (0, 0, 0, 0, 0, 0, 0, c_pad - c_out))
-        weight_f = np.ascontiguousarray(weight_p.flip(3).permute(1, 2, 3, 0).reshape(c_in * k_h, k_w * c_pad).numpy())
+        c_pad = -(-c_out // 8) * 8  # output channels padded to whole vectors of 8 (zero weights)
+        weight_f = numba_conv.weight_layout(weight.detach().numpy(), c_pad)
         dtype = t_flat.dtype
-        t_out = np.empty((batch, c_out * h_out * w_out), dtype=dtype)  # (C_out, H_out, W_out) order
-        anchor = np.empty((batch, h_out * w_out * c_pad), dtype=dtype)  # the neuron state: (H_out, W_out, C_pad)
+        plane_out = h_out * w_out
+        if pool[0]:
+            shape = (c_out, (h_out - pool[0]) // pool[2] + 1, (w_out - pool[1]) // pool[3] + 1)
+            t_out = np.empty((0, c_out * plane_out), dtype=dtype)
+            t_pool = np.empty((batch, shape[0] * shape[1] * shape[2]), dtype=dtype)
+            argmin = np.empty(t_pool.shape, dtype=np.int32)
+        else:
+            shape = (c_out, h_out, w_out)
+            t_out = np.empty((batch, c_out * plane_out), dtype=dtype)  # (C_out, H_out, W_out) order
+            t_pool = np.empty((batch, 0), dtype=dtype)
+            argmin = np.empty((batch, 0), dtype=np.int32)
+        anchor = np.empty((batch, plane_out * c_pad), dtype=dtype)  # the neuron state: (H_out, W_out, C_pad)
         inv_slope = np.empty_like(anchor)
         n_causal = np.empty_like(anchor)
         order = np.empty(t_flat.shape, dtype=np.int32)
@@ -257,39 +271,36 @@ class RelpspConv2dNumba(torch.autograd.Function):
         geometry = (c_in, h_in, w_in, k_h, k_w, *stride, *padding, h_out, w_out)
         reach = _reach_table(geometry, c_pad)
         bad = numba_conv.relpsp_conv2d_forward(
-            t_flat, sort_keys(t_flat), weight_f, dtype.type(threshold), geometry, reach, t_out, anchor, inv_slope, n_causal, order, times, n_spikes
+            t_flat, sort_keys(t_flat), weight_f, dtype.type(threshold), geometry, reach, t_out, anchor, inv_slope, n_causal, order, times, n_spikes,
+            pool, t_pool, argmin,
         )
         _raise_if(bad, t_in)
-        ctx.scan = (weight_f, anchor, inv_slope, n_causal, order, times, n_spikes)
-        ctx.geometry, ctx.c_out = geometry, c_out
-        return torch.from_numpy(t_out).view(batch, c_out, h_out, w_out)
+        ctx.scan = (weight_f, argmin, anchor, inv_slope, n_causal, order, times, n_spikes)
+        ctx.geometry, ctx.c_out, ctx.pool = geometry, c_out, pool
+        return torch.from_numpy(t_pool if pool[0] else t_out).view(batch, *shape)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         from . import numba_conv, numba_cpu
 
-        weight_f, anchor, inv_slope, n_causal, order, times, n_spikes = ctx.scan
+        weight_f, argmin, anchor, inv_slope, n_causal, order, times, n_spikes = ctx.scan
         geometry = ctx.geometry
         c_in, h_in, w_in, k_h, k_w = geometry[:5]
         batch = anchor.shape[0]
-        c_out, c_pad = ctx.c_out, weight_f.shape[1] // k_w
-        grad_nchw = grad_out.detach().contiguous().reshape(batch, -1).numpy()  # (B, C_out*H_out*W_out)
+        grad = grad_out.detach().contiguous().reshape(batch, -1).numpy()  # (B, C_out*H_out*W_out), or pooled
         grad_in = np.zeros(times.shape if ctx.needs_input_grad[0] else (batch, 0), dtype=times.dtype)
         grad_w_partial = np.empty((batch, *weight_f.shape), dtype=times.dtype)
         numba_conv.relpsp_conv2d_backward(
-            weight_f, grad_nchw, inv_slope, anchor, n_causal, order, times, n_spikes, geometry, _reach_table(geometry, c_pad),
-            ctx.needs_input_grad[0], grad_in, grad_w_partial,
+            weight_f, grad, ctx.pool, argmin, inv_slope, anchor, n_causal, order, times, n_spikes, geometry,
+            _reach_table(geometry, weight_f.shape[1] // k_w), ctx.needs_input_grad[0], grad_in, grad_w_partial,
         )
         grad_t = grad_w = None
         if ctx.needs_input_grad[0]:
             numba_cpu.saturate_(grad_in.reshape(-1))
-            grad_t = torch.from_numpy(grad_in).reshape(batch, c_in, h_in, w_in)
+            grad_t = torch.from_numpy(grad_in).view(batch, c_in, h_in, w_in)
         if ctx.needs_input_grad[1]:
-            grad_w_f = grad_w_partial.sum(axis=0)  # numpy's fixed summation order: reproducible for any thread count
-            numba_cpu.saturate_(grad_w_f.reshape(-1))
-            grad_w = torch.from_numpy(grad_w_f).reshape(c_in, k_h, k_w, c_pad)[..., :c_out]
-            grad_w = grad_w.permute(3, 0, 1, 2).flip(3).contiguous()  # (C_out, C_in, kH, kW)
-        return grad_t, grad_w, None, None, None
+            grad_w = torch.from_numpy(numba_conv.weight_gradient(grad_w_partial, ctx.c_out, k_h, k_w))
+        return grad_t, grad_w, None, None, None, None
 
 
 class EarliestSpikePoolNumba(torch.autograd.Function):

@@ -39,6 +39,7 @@ import numpy as np
 from numba import njit, prange
 
 from .numba_cpu import _count_invalid, _sorted_spikes
+from .numba_pool import pool_plane, pool_plane_backward
 from .reference import SILENT_HORIZON
 
 
@@ -139,8 +140,8 @@ def reach_table(geometry, c_out):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_out, anchor, inv_slope, n_causal, order, times, n_spikes):  # pragma: no cover - compiled
-    """Forward scan.
+def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_out, anchor, inv_slope, n_causal, order, times, n_spikes, pool, t_pool, argmin):  # pragma: no cover
+    """Forward scan, and earliest-spike pooling of its output if ``pool`` says so.
 
     Args:
         t_flat: ``(B, C_in*H*W)`` input times, ``inf`` = silent, C-contiguous.
@@ -161,6 +162,12 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
         order: ``(B, C_in*H*W)`` int32 spiking input indices in time order (written).
         times: ``(B, C_in*H*W)`` their times (written).
         n_spikes: ``(B,)`` int32 number of spiking inputs (written).
+        pool: ``(kH, kW, sH, sW)`` of an earliest-spike pooling applied to each sample's output
+            as soon as it is computed (``numba_pool.pool_plane``), or ``kH = 0`` for none.
+            With pooling, ``t_out`` is not written (pass a ``(0, ...)`` array) and
+        t_pool: ``(B, C_out*PH*PW)`` the pooled times, ``(C_out, PH, PW)`` order (written), and
+        argmin: ``(B, C_out*PH*PW)`` int32 where in its ``(H_out, W_out)`` plane each window's
+            earliest spike is, -1 if none (written); both ``(B, 0)`` without pooling.
 
     Returns the number of input entries that are not spike times (NaN or negative).
     """
@@ -169,7 +176,11 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
     c_out = weight_f.shape[1] // k_w  # C_pad: the state's channels
     c_real = t_out.shape[1] // (h_out * w_out)
     n_out = h_out * w_out * c_out
-    plane = h_in * w_in
+    plane_out = h_out * w_out
+    pool_h, pool_w, pool_sh, pool_sw = pool
+    pooled_h = (h_out - pool_h) // pool_sh + 1 if pool_h > 0 else 0
+    pooled_w = (w_out - pool_w) // pool_sw + 1 if pool_h > 0 else 0
+    pooled = pooled_h * pooled_w
     inf = np.full(1, np.inf, dtype=t_flat.dtype)[0]
     horizon = np.full(1, SILENT_HORIZON, dtype=t_flat.dtype)[0]
     one = np.ones(1, dtype=t_flat.dtype)[0]
@@ -202,24 +213,35 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
                     w0 = (k_w - 1 - (x + pad_w - ox * stride_w)) * c_out
                     _scan_run(s[j0 : j0 + run], q[j0 : j0 + run], nc[j0 : j0 + run], w_row[w0 : w0 + run], t, kf, threshold, zero)
         kbuf[0] = count
-        for p in range(h_out * w_out):
+        row = t_out[b] if pool_h == 0 else np.empty(c_real * plane_out, dtype=t_flat.dtype)  # the sample's output
+        for p in range(plane_out):
             lo, hi = p * c_out, (p + 1) * c_out
             _finish_run(
                 s[lo:hi], q[lo:hi], nc[lo:hi], latest[p] + horizon, kbuf[0], threshold,
-                t_out[b], p, h_out * w_out, c_real, anchor[b, lo:hi], inv_slope[b, lo:hi], zero, one, inf,
+                row, p, plane_out, c_real, anchor[b, lo:hi], inv_slope[b, lo:hi], zero, one, inf,
             )
         n_causal[b] = nc
+        for e in range(c_real if pool_h > 0 else 0):  # pooled while the output is in cache
+            pool_plane(
+                row[e * plane_out : (e + 1) * plane_out].reshape(h_out, w_out), pool_h, pool_w, pool_sh, pool_sw,
+                t_pool[b, e * pooled : (e + 1) * pooled].reshape(pooled_h, pooled_w),
+                argmin[b, e * pooled : (e + 1) * pooled].reshape(pooled_h, pooled_w), inf,
+            )
     return bad
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
-def relpsp_conv2d_backward(weight_f, grad_out, inv_slope, anchor, n_causal, order, times, n_spikes, geometry, reach, want_input, grad_in, grad_w_partial):  # pragma: no cover - compiled
+def relpsp_conv2d_backward(weight_f, grad_out, pool, argmin, inv_slope, anchor, n_causal, order, times, n_spikes, geometry, reach, want_input, grad_in, grad_w_partial):  # pragma: no cover
     """Input and weight gradients by eqs. 15 and 14, replaying the forward scan.
 
     Args:
         weight_f: ``(C_in*kH, kW*C_out)`` weights in the layout of :func:`relpsp_conv2d_forward`.
         grad_out: ``(B, C_out*H_out*W_out)`` ``dL/dt_out`` in PyTorch's ``(C, H, W)`` order; the
-            kernel scales it by ``inv_slope`` into the neuron-state order.
+            kernel scales it by ``inv_slope`` into the neuron-state order. After a fused pooling
+            (``argmin`` not ``(B, 0)``), ``(B, C_out*PH*PW)``: the gradient of the pooled times,
+            which goes to each window's earliest spike first (``numba_pool.pool_plane_backward``).
+        pool, argmin: the pooling of :func:`relpsp_conv2d_forward` (``kH = 0`` for none) and the
+            ``argmin`` it wrote (``(B, 0)`` for none).
         inv_slope, anchor, n_causal: as written by :func:`relpsp_conv2d_forward`.
         order, times, n_spikes: the sorted spikes written by the forward pass.
         geometry, reach: as for :func:`relpsp_conv2d_forward`.
@@ -238,12 +260,20 @@ def relpsp_conv2d_backward(weight_f, grad_out, inv_slope, anchor, n_causal, orde
     plane = h_in * w_in
     zero = np.zeros(1, dtype=grad_in.dtype)[0]
     plane_out = h_out * w_out
-    c_real = grad_out.shape[1] // plane_out
+    pooled = pool[0] > 0
+    per_plane = ((h_out - pool[0]) // pool[2] + 1) * ((w_out - pool[1]) // pool[3] + 1) if pooled else plane_out
+    c_real = grad_out.shape[1] // per_plane
     for b in prange(batch):
+        if pooled:
+            g = np.zeros(c_real * plane_out, dtype=grad_in.dtype)
+            for e in range(c_real):
+                pool_plane_backward(grad_out[b, e * per_plane : (e + 1) * per_plane], argmin[b, e * per_plane : (e + 1) * per_plane], g[e * plane_out : (e + 1) * plane_out])
+        else:
+            g = grad_out[b]
         a = np.zeros(plane_out * c_out, dtype=grad_in.dtype)  # padding channels: no gradient
         for p in range(plane_out):
             for e in range(c_real):
-                a[p * c_out + e] = grad_out[b, e * plane_out + p] * inv_slope[b, p * c_out + e]
+                a[p * c_out + e] = g[e * plane_out + p] * inv_slope[b, p * c_out + e]
         t_j = anchor[b].copy()
         nc = n_causal[b].copy()
         gw = np.zeros(weight_f.shape, dtype=grad_in.dtype)
@@ -276,3 +306,39 @@ def relpsp_conv2d_backward(weight_f, grad_out, inv_slope, anchor, n_causal, orde
             if want_input:
                 grad_in[b, idx] = acc
         grad_w_partial[b] = gw
+
+
+@njit(cache=True)
+def weight_layout(weight, c_pad):  # pragma: no cover - compiled
+    """``weight`` ``(C_out, C_in, kH, kW)`` in the layout of :func:`relpsp_conv2d_forward`:
+    ``(C_in*kH, kW*c_pad)``, ``kx`` flipped, zero weights for the padding channels."""
+    c_out, c_in, k_h, k_w = weight.shape
+    out = np.zeros((c_in * k_h, k_w * c_pad), dtype=weight.dtype)
+    for co in range(c_out):
+        for c in range(c_in):
+            for ky in range(k_h):
+                for kx in range(k_w):
+                    out[c * k_h + ky, (k_w - 1 - kx) * c_pad + co] = weight[co, c, ky, kx]
+    return out
+
+
+@njit(cache=True)
+def weight_gradient(grad_w_partial, c_out, k_h, k_w):  # pragma: no cover - compiled
+    """The weight gradient ``(C_out, C_in, kH, kW)`` from the per-sample gradients of
+    :func:`relpsp_conv2d_backward` (``(B, C_in*kH, kW*C_pad)``), summed over the batch in order
+    (reproducible for any thread count) and saturated as ``numba_cpu.saturate_`` does."""
+    batch, rows, cols = grad_w_partial.shape
+    total = grad_w_partial[0].copy()
+    for b in range(1, batch):
+        total += grad_w_partial[b]
+    c_in, c_pad = rows // k_h, cols // k_w
+    big = np.full(1, np.finfo(total.dtype).max, dtype=total.dtype)[0]
+    zero = np.zeros(1, dtype=total.dtype)[0]
+    out = np.empty((c_out, c_in, k_h, k_w), dtype=total.dtype)
+    for co in range(c_out):
+        for c in range(c_in):
+            for ky in range(k_h):
+                for kx in range(k_w):
+                    g = total[c * k_h + ky, (k_w - 1 - kx) * c_pad + co]
+                    out[co, c, ky, kx] = g if abs(g) <= big else (zero if g != g else (big if g > zero else -big))
+    return out

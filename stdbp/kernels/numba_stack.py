@@ -101,19 +101,23 @@ def stack_forward(weights, widths, thresholds, t, keys, anchor, inv_slope, n_cau
 
 
 @njit(parallel=True, cache=True)
-def scale_gradient(grad, inv_slope, anchor, times, n_spikes, a, top):  # pragma: no cover - compiled
-    """``a = grad * inv_slope`` ``(B, W)`` (0 in the padding columns beyond ``grad``'s ``N``).
+def scale_gradient(grad, inv_slope, anchor, times, n_spikes, first_fire, a):  # pragma: no cover - compiled
+    """``a = grad * inv_slope`` ``(B, W)`` (0 in the padding columns beyond ``grad``'s ``N``), and
+    what the backward needs to choose how to sum eqs. 14-15, as a tuple:
 
-    ``top`` ``(3, B)`` is written: per sample the largest ``|a|`` and the largest ``anchor`` of
-    the layer's neurons (``inf`` for NaN or inf), which bound the terms of eq. 14, and the
-    latest input spike (``times``, ``n_spikes`` of the forward pass; 0 if none), which with
-    them bounds the terms of the sum over all pairs.
+    the largest ``|a|`` and the largest ``anchor`` of the layer's neurons (``inf`` for NaN or
+    inf), which bound the terms of eq. 14; the latest input spike (``times``, ``n_spikes`` of the
+    forward pass; 0 if none), which with them bounds the terms of the sum over all pairs; the
+    number of spiking inputs over the batch, the number of them that may be non-causal for
+    some neuron (from ``first_fire`` on), and the fewest spiking inputs of a sample.
     """
     zero = np.zeros(1, dtype=a.dtype)[0]
     big = np.full(1, np.finfo(a.dtype).max, dtype=a.dtype)[0]
     inf = np.full(1, np.inf, dtype=a.dtype)[0]
     n = grad.shape[1]
-    for b in prange(a.shape[0]):
+    batch = a.shape[0]
+    top = np.empty((3, batch), dtype=a.dtype)
+    for b in prange(batch):
         top_a = top_t = zero
         for j in range(n):
             a[b, j] = grad[b, j] * inv_slope[b, j]
@@ -123,6 +127,28 @@ def scale_gradient(grad, inv_slope, anchor, times, n_spikes, a, top):  # pragma:
             a[b, j] = zero
         top[0, b], top[1, b] = top_a, top_t
         top[2, b] = times[b, n_spikes[b] - 1] if n_spikes[b] > 0 else zero
+    top_a = top_t = latest = zero
+    spikes = non_causal = 0
+    fewest = times.shape[1]
+    for b in range(batch):
+        top_a, top_t, latest = max(top_a, top[0, b]), max(top_t, top[1, b]), max(latest, top[2, b])
+        spikes += n_spikes[b]
+        non_causal += n_spikes[b] - first_fire[b]
+        fewest = min(fewest, n_spikes[b])
+    return float(top_a), float(top_t), float(latest), spikes, non_causal, fewest
+
+
+@njit(cache=True)
+def abs_max(x):  # pragma: no cover - compiled
+    """The largest ``|x|`` of a 2-D array, ``inf`` if any entry is NaN or inf."""
+    top = np.zeros(1, dtype=x.dtype)[0]
+    big = np.full(1, np.finfo(x.dtype).max, dtype=x.dtype)[0]
+    inf = np.full(1, np.inf, dtype=x.dtype)[0]
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = abs(x[i, j])
+            top = max(top, v if v <= big else inf)
+    return float(top)
 
 
 @njit(parallel=True, cache=True)
