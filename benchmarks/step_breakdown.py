@@ -3,10 +3,10 @@
 Usage: python benchmarks/step_breakdown.py [--arch 784-800-10] [--batch-size 64] [--steps 200]
 
 Runs ``--steps`` training steps of a freshly initialised network on real MNIST batches (as
-``stdbp bench`` does: forward, loss, backward, fused Adam) and, interleaved, of the same-shape
-ReLU network, and reports per step the median wall time of: the whole step; the forward and
-backward numba kernels (each call timed, summed per step); the loss; the Adam update; and
-what is left (Python, autograd, tensor conversions). The kernels' sum plus Adam is a floor
+``stdbp bench`` does: ``stdbp.fused.loss_and_backward``, then fused Adam) and, interleaved, of the
+same-shape ReLU network, and reports per step the median wall time of: the whole step; the
+forward and backward numba kernels (each call timed, summed per step); the Adam update; and
+what is left (the loss, Python, tensor conversions). The kernels' sum plus Adam is a floor
 for any implementation of this step that keeps the kernels: compare it with the ReLU step.
 """
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from stdbp.bench import _batches, relu_network
-from stdbp.functional import first_spike_cross_entropy
+from stdbp.fused import loss_and_backward
 from stdbp.kernels import numba_conv, numba_cpu, numba_pool, numba_stack
 from stdbp.models import build
 from stdbp.train import encode
@@ -88,21 +88,16 @@ def main() -> None:
         t_in, labels = coded[i % len(coded)]
         spent.clear()
         start = time.perf_counter()
-        t_out = model(t_in)
-        loss_start = time.perf_counter()
-        loss = first_spike_cross_entropy(t_out, labels, tau=0.05)
-        loss_end = time.perf_counter()
         adam.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_and_backward(model, t_in, labels, tau=0.05)
         adam_start = time.perf_counter()
         adam.step()
         end = time.perf_counter()
         rows["step"].append(end - start)
         rows["forward kernels"].append(spent["forward"])
         rows["backward kernels"].append(spent["backward"])
-        rows["loss (forward)"].append(loss_end - loss_start)
         rows["Adam"].append(end - adam_start)
-        rows["the rest"].append((end - start) - spent["forward"] - spent["backward"] - (loss_end - loss_start) - (end - adam_start))
+        rows["the rest"].append((end - start) - spent["forward"] - spent["backward"] - (end - adam_start))
 
     def relu_step(i: int) -> None:
         x, labels = floats[i % len(floats)]

@@ -1,7 +1,8 @@
 """``stdbp bench``: the cost of one training step, stdbp against the same-shape ReLU network and snnTorch.
 
 Every step is a full training step on a real MNIST batch: forward, loss, backward, Adam update
-(PyTorch's fused Adam for every configuration).
+(PyTorch's fused Adam for every configuration). The stdbp step is the one ``stdbp train`` runs
+(:func:`stdbp.fused.loss_and_backward`); the others go through autograd.
 The configurations are timed in one process, interleaved (one step of each in turn), and the
 median after warm-up is reported. Peak memory is measured in a fresh process per configuration
 (:func:`memory_probe`): the peak growth of the resident set while the model is built and trained,
@@ -25,7 +26,7 @@ from torch import nn
 
 from .checkpoint import load_model
 from .data import load_dataset
-from .functional import first_spike_cross_entropy
+from .fused import loss_and_backward
 from .models import build, parse_arch
 from .train import encode
 
@@ -140,9 +141,19 @@ def _adam_step(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], 
 
 
 def _stdbp_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]], checkpoint: str | os.PathLike | None = None) -> Callable[[int], None]:
+    """The step ``stdbp train`` runs: :func:`stdbp.fused.loss_and_backward` (forward, loss and
+    backward; the autograd path's results without its graph), then fused Adam."""
     coded = [(encode(images, 1.0), labels) for images, labels in batches]
     model = load_model(checkpoint, arch) if checkpoint is not None else build(arch)
-    return _adam_step(model, coded, lambda t_out, labels: first_spike_cross_entropy(t_out, labels, tau=0.05))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+
+    def step(i: int) -> None:
+        t_in, labels = coded[i % len(coded)]
+        optimizer.zero_grad(set_to_none=True)
+        loss_and_backward(model, t_in, labels, tau=0.05)
+        optimizer.step()
+
+    return step
 
 
 def shipped_checkpoint(arch: str) -> Path | None:

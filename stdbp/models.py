@@ -188,26 +188,38 @@ class SpikingNetwork(nn.Module):
         :func:`stdbp.functional.relpsp_conv2d_pool`.
         """
         t = self.shape_input(t_in)
-        run: list[SpikingLinear] = []
+        for kind, layers in self.groups():
+            if kind == "stack":
+                t = _run_stack(t, layers)  # type: ignore[arg-type]
+            elif kind == "conv_pool":
+                conv, pool = layers
+                t = F.relpsp_conv2d_pool(t, conv.weight, conv.threshold, conv.stride, conv.padding, pool.kernel_size, pool.stride, conv.backend)  # type: ignore[arg-type]
+            else:
+                t = layers[0](t.flatten(1) if isinstance(layers[0], AlphaSpikingLinear) and t.dim() > 2 else t)
+        return t
+
+    def groups(self) -> list[tuple[str, list[nn.Module]]]:
+        """How :meth:`forward` runs the layers, in order: ``("stack", layers)`` for consecutive
+        hookless :class:`SpikingLinear` layers with one backend (one layer runs as itself),
+        ``("conv_pool", [conv, pool])`` for a hookless convolution and the pooling after it,
+        ``("layer", [layer])`` for any other layer."""
+        groups: list[tuple[str, list[nn.Module]]] = []
         layers = list(self.layers)
         index = 0
         while index < len(layers):
             layer = layers[index]
             index += 1
-            if _stackable(layer) and (not run or layer.backend == run[0].backend):  # type: ignore[union-attr]
-                run.append(layer)  # type: ignore[arg-type]
-                continue
-            t = _run_stack(t, run)
-            run = [layer] if _stackable(layer) else []  # type: ignore[list-item]
-            if run:
-                continue
-            if index < len(layers) and _fusable(layer, layers[index]):
-                pool = layers[index]
+            if _stackable(layer):
+                if groups and groups[-1][0] == "stack" and groups[-1][1][0].backend == layer.backend:  # type: ignore[union-attr]
+                    groups[-1][1].append(layer)
+                else:
+                    groups.append(("stack", [layer]))
+            elif index < len(layers) and _fusable(layer, layers[index]):
+                groups.append(("conv_pool", [layer, layers[index]]))
                 index += 1
-                t = F.relpsp_conv2d_pool(t, layer.weight, layer.threshold, layer.stride, layer.padding, pool.kernel_size, pool.stride, layer.backend)  # type: ignore[union-attr]
             else:
-                t = layer(t.flatten(1) if isinstance(layer, AlphaSpikingLinear) and t.dim() > 2 else t)
-        return _run_stack(t, run)
+                groups.append(("layer", [layer]))
+        return groups
 
 
 def _hookless(layer: nn.Module) -> bool:

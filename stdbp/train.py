@@ -28,6 +28,7 @@ from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .data import Split, load_dataset
 from .encoding import latency_encode
 from .errors import RunDirError, StdbpError
+from .fused import loss_and_backward
 from .kernels import all_finite
 from .models import SpikingNetwork, build
 
@@ -257,10 +258,8 @@ def train(
                 images = random_shift(images, config.shift, augment_rng)
                 t_in = jitter_times(encode(images, config.t_max), config.jitter, augment_rng)
                 labels = train_split.labels[batch_index]
-                t_out = model(t_in)
-                loss = F.first_spike_cross_entropy(t_out, labels, tau=config.tau)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss, t_out = loss_and_backward(model, t_in, labels, tau=config.tau)  # loss.backward(), without the graph
                 loss_value = loss.item()
                 if math.isfinite(loss_value) and all_finite(p.grad for p in model.parameters() if p.grad is not None):
                     optimizer.step()
@@ -269,7 +268,7 @@ def train(
                 scheduler.step()
                 step += 1
                 running["loss_sum"] += loss_value * len(labels)
-                running["correct"] += float((F.first_spike_decision(t_out.detach()) == labels).sum())
+                running["correct"] += float((F.first_spike_decision(t_out) == labels).sum())
                 running["seen"] += len(labels)
                 bar.update(1)
                 bar.set_postfix(loss=f"{running['loss_sum'] / running['seen']:.4f}", acc=f"{running['correct'] / running['seen']:.4f}")

@@ -136,15 +136,18 @@ def test_same_seed_same_weights_bitwise_whatever_the_thread_count(tmp_path: Path
 def test_nonfinite_steps_are_counted_and_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import stdbp.train as training
 
-    real = training.F.first_spike_cross_entropy
+    real = training.loss_and_backward
     calls = {"n": 0}
 
-    def sometimes_nan(*args, **kwargs):
+    def sometimes_nan(model, *args, **kwargs):
         calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        loss, t_out = real(model, *args, **kwargs)
+        if calls["n"] == 3:
+            model.layers[0].weight_t.grad[0, 0] = float("nan")
+            return loss * float("nan"), t_out
+        return loss, t_out
 
-    monkeypatch.setattr(training.F, "first_spike_cross_entropy", sometimes_nan)
+    monkeypatch.setattr(training, "loss_and_backward", sometimes_nan)
     last = train(TrainConfig(arch="784-20-10", epochs=1, train_limit=320, seed=0), tmp_path / "r", progress=False, echo=lambda s: None)
     assert last["nonfinite_steps"] == 1
     weights = load_model(tmp_path / "r" / "model.pt").layers[0].weight

@@ -1,0 +1,151 @@
+"""One training step's forward pass, loss and backward pass without building an autograd graph.
+
+:func:`loss_and_backward` is ``loss = first_spike_cross_entropy(model(t_in), labels, tau);
+loss.backward()`` for a :class:`~stdbp.models.SpikingNetwork` whose layers all run on the numba
+kernels: it calls the forward and backward of the kernels' ``torch.autograd.Function`` classes
+(``stdbp.kernels.numba_autograd``) itself, group by group as ``SpikingNetwork.forward`` runs
+them, releases each group's saved state as soon as its backward pass is done, and computes the
+loss and its gradient in one numba call (``stdbp.kernels.numba_loss``) instead of a dozen small
+tensor operations and their backward. Spike times are those of the autograd path bit for bit,
+the loss and gradients agree with it to float rounding (``tests/test_fused_step.py``); what it
+saves is the autograd engine, the layer functions' argument checks, the graph and the loss's
+small operations (see the README's "Speed"). Networks it cannot run (other backends, forward
+hooks, alpha-PSP neurons, input times that require a gradient) take the autograd path.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .functional import _pair, first_spike_cross_entropy
+from .kernels import numba_loss, resolve_backend
+from .kernels.numba_autograd import NO_POOL, EarliestSpikePoolNumba, RelpspConv2dNumba, RelpspLinearNumba, RelpspStackNumba
+from .layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
+from .models import SpikingNetwork
+
+__all__ = ["loss_and_backward"]
+
+
+def loss_and_backward(model: SpikingNetwork, t_in: Tensor, labels: Tensor, tau: float = 1.0, silent_time: float | None = None) -> tuple[Tensor, Tensor]:
+    """The loss of ``model`` on a batch, and its gradients added to every parameter's ``.grad``.
+
+    Args:
+        model: the network; its parameters' ``.grad`` are accumulated into (``None`` becomes the
+            gradient), as :meth:`torch.Tensor.backward` does.
+        t_in: input spike times, as ``model`` takes them.
+        labels: ``(B,)`` target classes.
+        tau, silent_time: as for :func:`stdbp.functional.first_spike_cross_entropy`.
+
+    Returns:
+        ``(loss, t_out)``, both detached: the scalar loss and the ``(B, classes)`` output times.
+    """
+    plan = _plan(model, t_in)
+    if plan is None:
+        t_out = model(t_in)
+        loss = first_spike_cross_entropy(t_out, labels, tau=tau, silent_time=silent_time)
+        loss.backward()
+        return loss.detach(), t_out.detach()
+    t = model.shape_input(t_in).detach()
+    tape: list[tuple[Any, SimpleNamespace, list[torch.nn.Parameter]]] = []
+    for index, (function, args, params) in enumerate(plan):
+        if function is RelpspLinearNumba or function is RelpspStackNumba:
+            t = t.reshape(t.shape[0], -1)
+        ctx = SimpleNamespace(needs_input_grad=(index > 0, *_needs(function, params)))
+        t = function.forward(ctx, t, *args)
+        tape.append((function, ctx, params))
+    t_out, (loss, grad) = t.detach(), _loss_and_gradient(t, labels, tau, silent_time)
+    while tape:
+        function, ctx, params = tape.pop()
+        grads = function.backward(ctx, grad)
+        del ctx  # the group's saved state goes now, not when the step ends
+        grad = grads[0]
+        for param, param_grad in zip(params, _param_grads(function, grads)):
+            if param.requires_grad:
+                _accumulate(param, param_grad)
+    return loss, t_out
+
+
+def _loss_and_gradient(t_out: Tensor, labels: Tensor, tau: float, silent_time: float | None) -> tuple[Tensor, Tensor]:
+    """:func:`stdbp.functional.first_spike_cross_entropy` (mean) and its gradient, in one numba call."""
+    if tau <= 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    if t_out.dim() != 2 or labels.shape != t_out.shape[:1] or labels.is_floating_point():
+        raise ValueError(f"expected t_out (batch, classes) and integer labels (batch,), got {tuple(t_out.shape)} and {tuple(labels.shape)} {labels.dtype}")
+    t_np = t_out.detach().numpy()
+    grad = np.empty_like(t_np)
+    loss = numba_loss.cross_entropy_and_gradient(t_np, labels.numpy(), float(tau), math.nan if silent_time is None else float(silent_time), grad)
+    return torch.tensor(loss, dtype=t_out.dtype), torch.from_numpy(grad)
+
+
+def _needs(function: Any, params: list[torch.nn.Parameter]) -> tuple[bool, ...]:
+    """``needs_input_grad`` after the input: one flag per argument of ``function.forward``."""
+    wants = [p.requires_grad for p in params]
+    if function is RelpspStackNumba:
+        return (False, *wants)  # thresholds, then the weights
+    return (*wants, *([False] * 4))  # the weight, then threshold, stride, padding, pool (or kernel, stride)
+
+
+def _param_grads(function: Any, grads: tuple) -> list[Tensor | None]:
+    """The gradients of the group's parameters, laid out as the parameters are."""
+    if function is RelpspStackNumba:
+        return [None if g is None else g.t() for g in grads[2:]]  # weight_t = weight.t()
+    if function is RelpspLinearNumba:
+        return [None if grads[1] is None else grads[1].t()]
+    if function is RelpspConv2dNumba:
+        return [grads[1]]
+    return []
+
+
+def _accumulate(param: torch.nn.Parameter, grad: Tensor | None) -> None:
+    if grad is None:
+        return
+    if param.grad is None:
+        param.grad = grad if grad.is_contiguous() else grad.contiguous()
+    else:
+        param.grad += grad
+
+
+def _plan(model: SpikingNetwork, t_in: Tensor) -> list[tuple[Any, tuple, list[torch.nn.Parameter]]] | None:
+    """``(Function, forward arguments after the input, parameters)`` per group of
+    ``model.groups()``, or ``None`` where the autograd path must run."""
+    params = list(model.parameters())
+    if t_in.requires_grad or not params or t_in.dtype not in (torch.float32, torch.float64):
+        return None
+    if any(p.dtype != t_in.dtype or p.device != t_in.device for p in params):
+        return None  # the autograd path raises the layer functions' errors
+    plan: list[tuple[Any, tuple, list[torch.nn.Parameter]]] = []
+    for kind, layers in model.groups():
+        if any(layer._forward_hooks or layer._forward_pre_hooks for layer in layers):
+            return None
+        layer = layers[0]
+        kinds = {SpikingLinear: "linear", SpikingConv2d: "conv", EarliestSpikePool2d: "pool"}
+        if type(layer) not in kinds or resolve_backend(t_in.device, getattr(layer, "backend", None), kinds[type(layer)]) != "numba":
+            return None
+        if kind == "stack" and len(layers) > 1:
+            plan.append((RelpspStackNumba, (tuple(float(x.threshold) for x in layers), *(x.weight for x in layers)), [x.weight_t for x in layers]))
+        elif isinstance(layer, SpikingLinear):
+            plan.append((RelpspLinearNumba, (layer.weight, float(layer.threshold)), [layer.weight_t]))
+        elif isinstance(layer, SpikingConv2d):
+            pool = NO_POOL
+            if kind == "conv_pool":
+                if resolve_backend(t_in.device, layers[1].backend, "pool") != "numba":
+                    return None
+                pool = _pool_pairs(layers[1])
+                pool = (*pool[0], *pool[1])
+            stride, padding = _pair(layer.stride, "stride", 1), _pair(layer.padding, "padding", 0)
+            plan.append((RelpspConv2dNumba, (layer.weight, float(layer.threshold), stride, padding, pool), [layer.weight]))
+        else:
+            plan.append((EarliestSpikePoolNumba, _pool_pairs(layer), []))
+    return plan
+
+
+def _pool_pairs(pool: EarliestSpikePool2d) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Window and stride of ``pool`` as ``(H, W)`` pairs (the network's shapes were checked when it was built)."""
+    kernel = _pair(pool.kernel_size, "kernel_size", 1)
+    return kernel, kernel if pool.stride is None else _pair(pool.stride, "stride", 1)
