@@ -111,3 +111,13 @@ def test_hooked_pool_is_not_fused():
     out = model(t_in)
     assert seen == [torch.Size([2, 3, 5, 5])]  # the hook saw the pooling layer's output
     assert torch.equal(out, model.forward_all(t_in)[-1])
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_empty_batch(pooled: bool):
+    weight = torch.rand(4, 1, 3, 3, requires_grad=True)
+    t_in = torch.rand(0, 1, 8, 8)
+    out = F.relpsp_conv2d_pool(t_in, weight, pool_size=2) if pooled else F.relpsp_conv2d(t_in, weight)
+    assert out.shape == ((0, 4, 3, 3) if pooled else (0, 4, 6, 6))
+    out.sum().backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight))

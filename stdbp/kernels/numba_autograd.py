@@ -9,6 +9,7 @@ Only :mod:`stdbp.kernels` (the dispatch point) uses them.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -287,7 +288,7 @@ class RelpspConv2dNumba(torch.autograd.Function):
         geometry = ctx.geometry
         c_in, h_in, w_in, k_h, k_w = geometry[:5]
         batch = anchor.shape[0]
-        grad = grad_out.detach().contiguous().reshape(batch, -1).numpy()  # (B, C_out*H_out*W_out), or pooled
+        grad = grad_out.detach().contiguous().reshape(batch, math.prod(grad_out.shape[1:])).numpy()  # (B, C_out*H_out*W_out), or pooled
         grad_in = np.zeros(times.shape if ctx.needs_input_grad[0] else (batch, 0), dtype=times.dtype)
         grad_w_partial = np.empty((batch, *weight_f.shape), dtype=times.dtype)
         numba_conv.relpsp_conv2d_backward(
