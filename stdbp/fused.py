@@ -111,6 +111,10 @@ def _accumulate(param: torch.nn.Parameter, grad: Tensor | None) -> None:
         param.grad += grad
 
 
+#: The layers the fused step runs, and their kind for ``resolve_backend``.
+_KINDS = {SpikingLinear: "linear", SpikingConv2d: "conv", EarliestSpikePool2d: "pool"}
+
+
 def _plan(model: SpikingNetwork, t_in: Tensor) -> list[tuple[Any, tuple, list[torch.nn.Parameter]]] | None:
     """``(Function, forward arguments after the input, parameters)`` per group of
     ``model.groups()``, or ``None`` where the autograd path must run."""
@@ -124,8 +128,7 @@ def _plan(model: SpikingNetwork, t_in: Tensor) -> list[tuple[Any, tuple, list[to
         if any(layer._forward_hooks or layer._forward_pre_hooks for layer in layers):
             return None
         layer = layers[0]
-        kinds = {SpikingLinear: "linear", SpikingConv2d: "conv", EarliestSpikePool2d: "pool"}
-        if type(layer) not in kinds or resolve_backend(t_in.device, getattr(layer, "backend", None), kinds[type(layer)]) != "numba":
+        if type(layer) not in _KINDS or resolve_backend(t_in.device, layer.backend, _KINDS[type(layer)]) != "numba":
             return None
         if kind == "stack" and len(layers) > 1:
             plan.append((RelpspStackNumba, (tuple(float(x.threshold) for x in layers), *(x.weight for x in layers)), [x.weight_t for x in layers]))

@@ -235,13 +235,13 @@ class RelpspConv2dNumba(torch.autograd.Function):
     eqs. 14-15; with ``pool = (kH, kW, sH, sW)``, followed by earliest-spike pooling in the same
     kernel call (the times and gradients of :class:`EarliestSpikePoolNumba` after it, bit for bit).
 
-    ``apply(t_in, weight, threshold, stride, padding, pool=NO_POOL)``: ``t_in`` ``(B, C_in, H, W)``,
-    ``weight`` ``(C_out, C_in, kH, kW)``; returns ``(B, C_out, H_out, W_out)``, or the pooled
-    ``(B, C_out, PH, PW)``.
+    ``apply(t_in, weight, threshold, stride, padding, pool)``: ``t_in`` ``(B, C_in, H, W)``,
+    ``weight`` ``(C_out, C_in, kH, kW)``, ``pool`` :data:`NO_POOL` for none; returns
+    ``(B, C_out, H_out, W_out)``, or the pooled ``(B, C_out, PH, PW)``.
     """
 
     @staticmethod
-    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float, stride: tuple[int, int], padding: tuple[int, int], pool: tuple[int, int, int, int] = NO_POOL) -> Tensor:  # type: ignore[override]
+    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float, stride: tuple[int, int], padding: tuple[int, int], pool: tuple[int, int, int, int]) -> Tensor:  # type: ignore[override]
         from . import numba_conv
 
         batch, c_in, h_in, w_in = t_in.shape
