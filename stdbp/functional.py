@@ -169,10 +169,15 @@ def _conv_args(t_in: Tensor, weight: Tensor, threshold: float, stride: int | tup
     return stride_hw, padding_hw
 
 
+def _pool_pairs(kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A pooling window and its stride (default: the window) as ``(H, W)`` pairs."""
+    kernel_hw = _pair(kernel_size, "kernel_size", 1)
+    return kernel_hw, kernel_hw if stride is None else _pair(stride, "stride", 1)
+
+
 def _pool_args(shape: Sequence[int], kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
     """Check a pooling window against a ``(B, C, H, W)`` input ``shape``; return window and stride as pairs."""
-    kernel_hw = _pair(kernel_size, "kernel_size", 1)
-    stride_hw = kernel_hw if stride is None else _pair(stride, "stride", 1)
+    kernel_hw, stride_hw = _pool_pairs(kernel_size, stride)
     for axis, size, kernel in zip(("height", "width"), shape[2:], kernel_hw):
         if size < kernel:
             raise ValueError(f"pooling window {kernel} does not fit the input {axis} {size}")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .functional import _pair, first_spike_cross_entropy
+from .functional import _pair, _pool_pairs, first_spike_cross_entropy
 from .kernels import numba_loss, resolve_backend
 from .kernels.numba_autograd import NO_POOL, EarliestSpikePoolNumba, RelpspConv2dNumba, RelpspLinearNumba, RelpspStackNumba
 from .layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
@@ -139,16 +139,11 @@ def _plan(model: SpikingNetwork, t_in: Tensor) -> list[tuple[Any, tuple, list[to
             if kind == "conv_pool":
                 if resolve_backend(t_in.device, layers[1].backend, "pool") != "numba":
                     return None
-                pool = _pool_pairs(layers[1])
-                pool = (*pool[0], *pool[1])
+                window, step = _pool_pairs(layers[1].kernel_size, layers[1].stride)
+                pool = (*window, *step)
             stride, padding = _pair(layer.stride, "stride", 1), _pair(layer.padding, "padding", 0)
             plan.append((RelpspConv2dNumba, (layer.weight, float(layer.threshold), stride, padding, pool), [layer.weight]))
         else:
-            plan.append((EarliestSpikePoolNumba, _pool_pairs(layer), []))
+            plan.append((EarliestSpikePoolNumba, _pool_pairs(layer.kernel_size, layer.stride), []))
     return plan
 
-
-def _pool_pairs(pool: EarliestSpikePool2d) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Window and stride of ``pool`` as ``(H, W)`` pairs (the network's shapes were checked when it was built)."""
-    kernel = _pair(pool.kernel_size, "kernel_size", 1)
-    return kernel, kernel if pool.stride is None else _pair(pool.stride, "stride", 1)
