@@ -56,7 +56,8 @@ def loss_and_backward(model: SpikingNetwork, t_in: Tensor, labels: Tensor, tau: 
     for index, (function, args, params) in enumerate(plan):
         if function is RelpspLinearNumba or function is RelpspStackNumba:
             t = t.reshape(t.shape[0], -1)
-        ctx = SimpleNamespace(needs_input_grad=(index > 0, *_needs(function, params)))
+        # single_backward: backward runs once, so it may drop state as it goes (RelpspStackNumba)
+        ctx = SimpleNamespace(needs_input_grad=(index > 0, *_needs(function, params)), single_backward=True)
         t = function.forward(ctx, t, *args)
         tape.append((function, ctx, params))
     t_out, (loss, grad) = t.detach(), _loss_and_gradient(t, labels, tau, silent_time)

@@ -121,3 +121,27 @@ def test_empty_batch(pooled: bool):
     assert out.shape == ((0, 4, 3, 3) if pooled else (0, 4, 6, 6))
     out.sum().backward()
     assert torch.equal(weight.grad, torch.zeros_like(weight))
+
+
+def test_pooled_convolution_keeps_only_each_windows_earliest_neuron():
+    """With pooling, the backward state is one entry per window (a quarter of the neurons for 2x2),
+    and a second backward pass through the same graph gives the same gradients."""
+    from types import SimpleNamespace
+
+    from stdbp.kernels.numba_autograd import RelpspConv2dNumba
+
+    t, w = _case(6, torch.float32, batch=3, size=(12, 12), c_out=6)
+    ctx = SimpleNamespace(needs_input_grad=(True, True))
+    pooled = RelpspConv2dNumba.forward(ctx, t, w, 1.0, (1, 1), (0, 0), (2, 2, 2, 2))
+    assert pooled.shape == (3, 6, 5, 5)
+    _, argmin, anchor, inv_slope, n_causal, *_ = ctx.scan
+    for state in (argmin, anchor, inv_slope, n_causal):
+        assert state.shape == (3, 6 * 5 * 5)
+    fired = torch.from_numpy(argmin >= 0)
+    assert torch.equal(torch.from_numpy(anchor)[fired], pooled.reshape(3, -1)[fired])  # a winner's anchor is its spike time
+    weight = w.clone().requires_grad_(True)
+    out = F.relpsp_conv2d_pool(t.clone().requires_grad_(True), weight, pool_size=2)
+    g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    (first,) = torch.autograd.grad(out, weight, g_out, retain_graph=True)
+    (second,) = torch.autograd.grad(out, weight, g_out)
+    assert torch.equal(first, second) and first.abs().sum() > 0

@@ -246,3 +246,27 @@ def test_dense_backward_threads(stack_backward) -> None:
         assert torch.equal(a, b)
     for a, b in zip(grads[0], grads[2]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))
+
+
+def test_single_backward_releases_each_layers_state() -> None:
+    """The fused step's ``single_backward`` drops each layer's state as its gradients are made, with
+    the gradients of the autograd path, which keeps the state for a second backward pass."""
+    from types import SimpleNamespace
+
+    from stdbp.kernels.numba_autograd import RelpspStackNumba
+
+    rng = np.random.default_rng(7)
+    t, weights = _stack_case(rng, [30, 17, 5], torch.float32)
+    grad_out = torch.randn(t.shape[0], 5, generator=torch.Generator().manual_seed(3))
+    ctx = SimpleNamespace(needs_input_grad=(True, False, True, True), single_backward=True)
+    RelpspStackNumba.forward(ctx, t, (1.0, 1.0), *weights)
+    grad_t, _, *grad_ws = RelpspStackNumba.backward(ctx, grad_out)
+    assert all(entry is None for state in ctx.scan[:1] + ctx.scan[3:8] for entry in state)
+    ws = [w.clone().requires_grad_() for w in weights]
+    x = t.clone().requires_grad_()
+    out = F.relpsp_linear_stack(x, ws, 1.0, backend="numba")
+    for _ in range(2):  # the graph keeps its state: a second pass gives the same gradients
+        grads = torch.autograd.grad(out, (x, *ws), grad_out, retain_graph=True)
+        torch.testing.assert_close(grads[0], grad_t, rtol=0, atol=0)
+        for g, g_fused in zip(grads[1:], grad_ws):
+            torch.testing.assert_close(g, g_fused, rtol=0, atol=0)

@@ -115,6 +115,10 @@ class RelpspStackNumba(torch.autograd.Function):
     ``apply(t_in, thresholds, *weights)``: ``t_in`` ``(B, N_0)``, ``thresholds`` a tuple of
     floats, ``weights[l]`` ``(N_{l+1}, N_l)``; returns ``(B, N_L)``. Raises ``ValueError`` for
     input times that are NaN or negative (the kernel counts them while it reads them).
+
+    A caller that runs the backward pass once (``stdbp.fused``) sets ``ctx.single_backward``: each
+    layer's saved state is then released as soon as its gradients are made, which lowers the
+    step's memory peak (autograd keeps it, for ``retain_graph``).
     """
 
     @staticmethod
@@ -138,7 +142,7 @@ class RelpspStackNumba(torch.autograd.Function):
             w_ts, widths, np.array(thresholds, dtype=dtype), t, keys, anchor, inv_slope, n_causal, order, times, n_spikes, first_fire
         )
         _raise_if(bad, t_in)
-        ctx.scan = (t[:-1], w_ts, widths, anchor, inv_slope, n_causal, order, times, n_spikes, first_fire)
+        ctx.scan = ([*t[:-1]], w_ts, widths, [*anchor], [*inv_slope], [*n_causal], [*order], [*times], n_spikes, first_fire)
         ctx.mode = _STACK_BACKWARD
         return torch.from_numpy(t[-1])
 
@@ -183,6 +187,9 @@ class RelpspStackNumba(torch.autograd.Function):
                 grads[1 + l] = grad_w if widths[l] == w_t.shape[1] else grad_w[: widths[l]].t().contiguous().t()  # laid out as weight_t
             if want_input:
                 grad = grad_in
+            if getattr(ctx, "single_backward", False):  # the layer's state goes before the next layer's gradients are made
+                for state in (t, anchor, inv_slope, n_causal, order, times):
+                    state[l] = None
         if ctx.needs_input_grad[0]:
             grads[0] = torch.from_numpy(grad)
         return grads[0], None, *grads[1:]
@@ -263,7 +270,8 @@ class RelpspConv2dNumba(torch.autograd.Function):
             t_out = np.empty((batch, c_out * plane_out), dtype=dtype)  # (C_out, H_out, W_out) order
             t_pool = np.empty((batch, 0), dtype=dtype)
             argmin = np.empty((batch, 0), dtype=np.int32)
-        anchor = np.empty((batch, plane_out * c_pad), dtype=dtype)  # the neuron state: (H_out, W_out, C_pad)
+        # the neuron state, (H_out, W_out, C_pad); with pooling, only each window's earliest neuron's
+        anchor = np.empty((batch, t_pool.shape[1] if pool[0] else plane_out * c_pad), dtype=dtype)
         inv_slope = np.empty_like(anchor)
         n_causal = np.empty_like(anchor)
         order = np.empty(t_flat.shape, dtype=np.int32)

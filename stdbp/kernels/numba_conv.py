@@ -34,8 +34,10 @@ lands (a table per geometry, :func:`reach_table`) is computed once, not per spik
 
 A convolution followed by earliest-spike pooling can run in the same call: each sample's output
 is pooled plane by plane right after its scan (``numba_pool.pool_plane``) and only the pooled
-times are written; the backward pass first sends the pooled gradient to each window's earliest
-spike (``numba_pool.pool_plane_backward``), then replays the scan as above.
+times are written. Only a window's earliest neuron receives a gradient, so only its state
+(anchor, slope, causal length) is kept: a quarter of the neurons' for 2x2 pooling. The backward
+pass first sends the pooled gradient to each window's earliest spike
+(``numba_pool.pool_plane_backward``), then replays the scan as above.
 """
 
 from __future__ import annotations
@@ -160,10 +162,12 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
         reach: :func:`reach_table` of the geometry.
         t_out: ``(B, C_out*H_out*W_out)`` output times, in PyTorch's ``(C, H, W)`` order (written).
         anchor: ``(B, H_out*W_out*C_pad)`` time the backward uses: the output time, or
-            ``t_ref`` for a silent neuron (written).
-        inv_slope: ``(B, H_out*W_out*C_pad)`` ``1 / sum_C w``, or 1 when silent (written).
-        n_causal: ``(B, H_out*W_out*C_pad)`` causal prefix length in the sample's time order,
-            in the float dtype (written).
+            ``t_ref`` for a silent neuron (written). With pooling, ``(B, C_out*PH*PW)``: only
+            each window's earliest neuron gets a gradient, so only its state is kept (0 for a
+            window without spikes).
+        inv_slope: ``1 / sum_C w``, or 1 when silent; laid out as ``anchor`` (written).
+        n_causal: causal prefix length in the sample's time order, in the float dtype; laid out
+            as ``anchor`` (written).
         order: ``(B, C_in*H*W)`` int32 spiking input indices in time order (written).
         times: ``(B, C_in*H*W)`` their times (written).
         n_spikes: ``(B,)`` int32 number of spiking inputs (written).
@@ -218,20 +222,30 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
                     w0 = (k_w - 1 - (x + pad_w - ox * stride_w)) * c_out
                     _scan_run(s[j0 : j0 + run], q[j0 : j0 + run], nc[j0 : j0 + run], w_row[w0 : w0 + run], t, kf, threshold, zero)
         kbuf[0] = count
-        row = t_out[b] if pool_h == 0 else np.empty(c_real * plane_out, dtype=t_flat.dtype)  # the sample's output
+        # the sample's output and neuron state; with pooling, scratch of which the winners are kept
+        row = t_out[b] if pool_h == 0 else np.empty(c_real * plane_out, dtype=t_flat.dtype)
+        anc = anchor[b] if pool_h == 0 else np.empty(n_out, dtype=t_flat.dtype)
+        inv = inv_slope[b] if pool_h == 0 else np.empty(n_out, dtype=t_flat.dtype)
         for p in range(plane_out):
             lo, hi = p * c_out, (p + 1) * c_out
             _finish_run(
                 s[lo:hi], q[lo:hi], nc[lo:hi], latest[p] + horizon, kbuf[0], threshold,
-                row, p, plane_out, c_real, anchor[b, lo:hi], inv_slope[b, lo:hi], zero, one, inf,
+                row, p, plane_out, c_real, anc[lo:hi], inv[lo:hi], zero, one, inf,
             )
-        n_causal[b] = nc
+        if pool_h == 0:
+            n_causal[b] = nc
         for e in range(c_real if pool_h > 0 else 0):  # pooled while the output is in cache
+            w_lo, w_hi = e * pooled, (e + 1) * pooled
             pool_plane(
                 row[e * plane_out : (e + 1) * plane_out].reshape(h_out, w_out), pool_h, pool_w, pool_sh, pool_sw,
-                t_pool[b, e * pooled : (e + 1) * pooled].reshape(pooled_h, pooled_w),
-                argmin[b, e * pooled : (e + 1) * pooled].reshape(pooled_h, pooled_w), inf,
+                t_pool[b, w_lo:w_hi].reshape(pooled_h, pooled_w), argmin[b, w_lo:w_hi].reshape(pooled_h, pooled_w), inf,
             )
+            for o in range(w_lo, w_hi):  # the state of each window's earliest neuron
+                where = argmin[b, o]
+                j = where * c_out + e
+                anchor[b, o] = anc[j] if where >= 0 else zero
+                inv_slope[b, o] = inv[j] if where >= 0 else zero
+                n_causal[b, o] = nc[j] if where >= 0 else zero
     return bad
 
 
@@ -247,7 +261,8 @@ def relpsp_conv2d_backward(weight_f, grad_out, pool, argmin, inv_slope, anchor, 
             which goes to each window's earliest spike first (``numba_pool.pool_plane_backward``).
         pool, argmin: the pooling of :func:`relpsp_conv2d_forward` (``kH = 0`` for none) and the
             ``argmin`` it wrote (``(B, 0)`` for none).
-        inv_slope, anchor, n_causal: as written by :func:`relpsp_conv2d_forward`.
+        inv_slope, anchor, n_causal: as written by :func:`relpsp_conv2d_forward` (per window
+            after a fused pooling).
         order, times, n_spikes: the sorted spikes written by the forward pass.
         geometry, reach: as for :func:`relpsp_conv2d_forward`.
         want_input: whether to compute ``grad_in`` (a first layer's input needs none).
@@ -269,18 +284,28 @@ def relpsp_conv2d_backward(weight_f, grad_out, pool, argmin, inv_slope, anchor, 
     per_plane = ((h_out - pool[0]) // pool[2] + 1) * ((w_out - pool[1]) // pool[3] + 1) if pooled else plane_out
     c_real = grad_out.shape[1] // per_plane
     for b in prange(batch):
-        if pooled:
+        if pooled:  # the state of each window's earliest neuron, 0 for the others (no gradient)
             g = np.zeros(c_real * plane_out, dtype=grad_in.dtype)
+            inv = np.zeros(plane_out * c_out, dtype=grad_in.dtype)
+            t_j = np.zeros(plane_out * c_out, dtype=grad_in.dtype)
+            nc = np.zeros(plane_out * c_out, dtype=grad_in.dtype)
             for e in range(c_real):
-                pool_plane_backward(grad_out[b, e * per_plane : (e + 1) * per_plane], argmin[b, e * per_plane : (e + 1) * per_plane], g[e * plane_out : (e + 1) * plane_out])
+                w_lo, w_hi = e * per_plane, (e + 1) * per_plane
+                pool_plane_backward(grad_out[b, w_lo:w_hi], argmin[b, w_lo:w_hi], g[e * plane_out : (e + 1) * plane_out])
+                for o in range(w_lo, w_hi):
+                    where = argmin[b, o]
+                    if where >= 0:
+                        j = where * c_out + e
+                        inv[j], t_j[j], nc[j] = inv_slope[b, o], anchor[b, o], n_causal[b, o]
         else:
             g = grad_out[b]
+            inv = inv_slope[b]
+            t_j = anchor[b].copy()
+            nc = n_causal[b].copy()
         a = np.zeros(plane_out * c_out, dtype=grad_in.dtype)  # padding channels: no gradient
         for p in range(plane_out):
             for e in range(c_real):
-                a[p * c_out + e] = g[e * plane_out + p] * inv_slope[b, p * c_out + e]
-        t_j = anchor[b].copy()
-        nc = n_causal[b].copy()
+                a[p * c_out + e] = g[e * plane_out + p] * inv[p * c_out + e]
         gw = np.zeros(weight_f.shape, dtype=grad_in.dtype)
         kbuf = np.zeros(1, dtype=grad_in.dtype)
         for k in range(n_spikes[b]):
