@@ -155,6 +155,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
     p.add_argument("--snn-steps", nargs="*", type=int, default=[25, 100], help="snnTorch time steps (default 25 100)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--default-malloc", action="store_true", help=(
+        "probe memory under glibc's default allocator settings (the figure then depends on what the process freed before; "
+        "by default every block of 64 KiB or more is mapped on its own: MALLOC_MMAP_THRESHOLD_=65536)"))
     p.add_argument("--no-trained", action="store_true", help="skip the step from the shipped trained network (pretrained/mnist-ARCH.pt)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
@@ -169,11 +172,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         parse_arch(arch)
     if args.repeats < 1 or args.warmup < 0 or any(b < 1 for b in args.batch_size):
         raise StdbpError("--repeats and --batch-size must be at least 1, --warmup at least 0")
-    report = run_bench(archs, tuple(args.batch_size), args.warmup, args.repeats, not args.no_memory, tuple(args.snn_steps), not args.no_trained)
+    report = run_bench(archs, tuple(args.batch_size), args.warmup, args.repeats, not args.no_memory, tuple(args.snn_steps), not args.no_trained, args.default_malloc)
     if args.json:
         print(json.dumps(report))
         return 0
-    print(json.dumps(report["machine"]))
+    print(json.dumps(report["machine"]), f"memory probe: {report['memory_probe']}" if report["memory_probe"] else "")
     for row in report["results"]:
         extra = "".join(f"  {k}={v}" for k, v in row.items() if k not in ("arch", "batch_size"))
         print(f"{row['arch']} batch {row['batch_size']}:{extra}")

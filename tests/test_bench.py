@@ -17,6 +17,7 @@ def test_bench_json_keys(capsys: pytest.CaptureFixture) -> None:
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["machine"]["cores"] >= 1
+    assert report["memory_probe"] == "MALLOC_MMAP_THRESHOLD_=65536"
     (row,) = report["results"]
     for key in ("arch", "batch_size", "stdbp_step_ms", "relu_step_ms", "ratio_vs_relu", "stdbp_peak_mib", "relu_peak_mib", "memory_ratio_vs_relu"):
         assert key in row, key
@@ -58,3 +59,22 @@ def test_bench_times_the_shipped_trained_network_too(capsys: pytest.CaptureFixtu
     assert main([*argv, "--no-trained"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["results"]
     assert "stdbp_trained_step_ms" not in row
+
+
+def test_memory_probe_sets_the_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probes run with PROBE_MALLOC whatever the caller's environment; --default-malloc leaves glibc's defaults."""
+    from types import SimpleNamespace
+
+    from stdbp import bench
+
+    seen = []
+
+    def fake_run(cmd, capture_output, text, env):
+        seen.append(env.get("MALLOC_MMAP_THRESHOLD_"))
+        return SimpleNamespace(returncode=0, stdout=f"{len(seen)}.5\n", stderr="")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "999")
+    assert bench.memory_probe("784-20-10", 8, "relu", runs=3) == 2.5  # the median
+    assert bench.memory_probe("784-20-10", 8, "relu", runs=1, default_malloc=True) == 4.5
+    assert seen == ["65536", "65536", "65536", None]
