@@ -16,9 +16,6 @@ show how much of the scan is the test and how much the weights' trip through the
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from typing import Callable
 
 import numba
 import numpy as np
@@ -30,6 +27,8 @@ from stdbp.kernels import numba_cpu, sort_keys
 from stdbp.layers import SpikingLinear
 from stdbp.models import build
 from stdbp.train import encode
+
+from layer_times import median_ms  # benchmarks/ is the script's directory, so on sys.path
 
 
 @njit(nogil=True, fastmath={"contract"})
@@ -64,16 +63,6 @@ def _variant_forward(t_in, keys, weight_t, order, times, n_spikes, s_out, stream
         n = np.zeros(width, dtype=t_in.dtype)
         _accumulate_only(times[b], order[b], n_spikes[b], weight_t, s, r, n, stream_only)
         s_out[b] = s + r + n
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return 1000 * statistics.median(samples)
 
 
 def main() -> None:
