@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stdbp import functional as F
-from stdbp.kernels import SILENT_HORIZON, numba_cpu, relpsp_linear_reference, sort_keys
+from stdbp.kernels import SILENT_HORIZON, numba_autograd, numba_cpu, relpsp_linear_reference, sort_keys
 
 from .oracles import random_case, relpsp_brute_force
 
@@ -57,6 +57,22 @@ def test_numba_matches_reference_forward_and_gradients(dtype: torch.dtype, seed:
     _, gt1, gw1 = _assert_backends_agree(t, w, 0.8, grad_out, tol)
     for g in (gt1, gw1):
         assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("mode", ["prefix", "rows"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(3))
+def test_both_weight_gradient_kernels_match_reference(monkeypatch, mode: str, dtype: torch.dtype, seed: int) -> None:
+    """Eq. 14 summed over causal prefixes and over all pairs (``relpsp_linear_backward_weight``,
+    ``relpsp_linear_backward_weight_rows``): the reference's gradients, with ties, silent inputs,
+    a silent sample and silent neurons, and more than eight rows with a remainder."""
+    monkeypatch.setattr(numba_autograd, "_STACK_BACKWARD", mode)
+    rng = np.random.default_rng(300 + seed)
+    t, w = random_case(rng, batch=7, n_in=43, n_out=19, dtype=dtype)
+    grad_out = torch.tensor(rng.normal(size=(7, 19)), dtype=dtype)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    out, _, gw = _assert_backends_agree(t, w, 0.8, grad_out, tol)
+    assert torch.isinf(out).any() and torch.isfinite(out).any() and gw.abs().max() > 0
 
 
 def _assert_backends_agree(t: torch.Tensor, w: torch.Tensor, threshold: float, grad_out: torch.Tensor, tol: dict) -> tuple[torch.Tensor, ...]:
@@ -111,9 +127,12 @@ def _gradcheck_case(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
             return t, w
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, "numba-rows"])
 @pytest.mark.parametrize("seed", range(4))
-def test_gradcheck(backend: str, seed: int) -> None:
+def test_gradcheck(monkeypatch, backend: str, seed: int) -> None:
+    if backend == "numba-rows":  # eq. 14 by numba_cpu.relpsp_linear_backward_weight_rows
+        monkeypatch.setattr(numba_autograd, "_STACK_BACKWARD", "rows")
+        backend = "numba"
     t, w = _gradcheck_case(seed)
     finite = torch.isfinite(t)
 
@@ -166,7 +185,9 @@ def test_silent_target_gets_push_to_fire() -> None:
         assert w.grad.tolist()[0] == pytest.approx([-(t_ref - 0.1), -(t_ref - 0.6)])
 
 
-def test_no_nan_in_gradients_under_degenerate_inputs() -> None:
+@pytest.mark.parametrize("mode", ["prefix", "rows"])
+def test_no_nan_in_gradients_under_degenerate_inputs(monkeypatch, mode: str) -> None:
+    monkeypatch.setattr(numba_autograd, "_STACK_BACKWARD", mode)
     rng = np.random.default_rng(7)
     cases = [
         (torch.full((3, 5), float("inf"), dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)),
@@ -212,9 +233,11 @@ def test_bad_threshold_and_backend() -> None:
         F.relpsp_linear(torch.zeros(1, 2), torch.ones(1, 2), backend="cuda-magic")
 
 
+@pytest.mark.parametrize("mode", ["prefix", "rows"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_overflowing_gradients_saturate_on_every_backend(dtype: torch.dtype) -> None:
+def test_overflowing_gradients_saturate_on_every_backend(monkeypatch, mode: str, dtype: torch.dtype) -> None:
     """A neuron whose causal weight sum is tiny fires very late with a huge slope: eq. 14 overflows."""
+    monkeypatch.setattr(numba_autograd, "_STACK_BACKWARD", mode)
     tiny = torch.finfo(dtype).tiny * 4
     t = torch.tensor([[0.0, 0.5]], dtype=dtype)
     for backend in BACKENDS:
@@ -274,7 +297,7 @@ def test_all_finite_tells_saturated_from_non_finite() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_weight_gradient_does_not_depend_on_the_row_parts(dtype: type) -> None:
-    """Each row is summed over the batch in order by one task: bitwise the same for any cut."""
+    """Each row is summed over the batch in order by one task: bitwise the same for any cut (both kernels)."""
     rng = np.random.default_rng(5)
     t, w = random_case(rng, batch=6, n_in=37, n_out=21)
     t_np, w_t = t.numpy().astype(dtype), np.ascontiguousarray(w.numpy().T.astype(dtype))
@@ -283,11 +306,42 @@ def test_weight_gradient_does_not_depend_on_the_row_parts(dtype: type) -> None:
     order, times, n_spikes = np.empty((batch, n_in), np.int32), np.empty((batch, n_in), dtype), np.empty(batch, np.int32)
     numba_cpu.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, dtype(1.0), *outs, order, times, n_spikes, 1)
     grad_scaled = rng.normal(size=(batch, 21)).astype(dtype) * outs[2]
-    grads = []
-    for n_parts in (1, 2, 3, 7, 37):
-        grad = np.full_like(w_t, np.nan)  # every entry must be written
-        numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, outs[1], outs[3], order, n_spikes, n_parts, grad)
-        grads.append(grad)
-    assert np.isfinite(grads[0]).all() and np.abs(grads[0]).max() > 0
-    for grad in grads[1:]:
-        assert np.array_equal(grad, grads[0])
+    for kernel in ("prefix", "rows"):
+        grads = []
+        for n_parts in (1, 2, 3, 7, 37):
+            grad = np.full_like(w_t, np.nan)  # every entry must be written
+            if kernel == "prefix":
+                numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, outs[1], outs[3], order, n_spikes, n_parts, grad)
+            else:
+                numba_cpu.relpsp_linear_backward_weight_rows(t_np, grad_scaled, outs[1], n_parts, grad)
+            grads.append(grad)
+        assert np.isfinite(grads[0]).all() and np.abs(grads[0]).max() > 0
+        for grad in grads[1:]:
+            assert np.array_equal(grad, grads[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_kernel_is_the_causal_prefix_sum(dtype: type) -> None:
+    """``relpsp_linear_backward_weight_rows`` (every pair, ``min(t_i - t_j, 0)``) against eq. 14
+    summed by hand over each neuron's causal set, in float64: silent inputs and neurons, ties, a
+    sample without spikes, rows beyond a multiple of eight and neurons beyond one tile."""
+    rng = np.random.default_rng(9)
+    n_out = numba_cpu.ROW_TILE + 13
+    t, w = random_case(rng, batch=5, n_in=21, n_out=n_out, weight_mean=0.15)
+    t[4] = float("inf")
+    t_np, w_t = t.numpy().astype(dtype), np.ascontiguousarray(w.numpy().T.astype(dtype))
+    batch, n_in = t_np.shape
+    outs = [np.empty((batch, n_out), dtype) for _ in range(4)]  # t_out, anchor, inv_slope, n_causal
+    order, times, n_spikes = np.empty((batch, n_in), np.int32), np.empty((batch, n_in), dtype), np.empty(batch, np.int32)
+    numba_cpu.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, dtype(1.0), *outs, order, times, n_spikes, 1)
+    assert np.isinf(outs[0]).any() and np.isfinite(outs[0]).any()
+    a = rng.normal(size=(batch, n_out)).astype(dtype)
+    expected = np.zeros((n_in, n_out))
+    for b in range(batch):
+        for k in range(n_spikes[b]):
+            causal = k < outs[3][b]
+            expected[order[b, k]] += np.where(causal, a[b] * (float(times[b, k]) - outs[1][b].astype(np.float64)), 0.0)
+    grad = np.full_like(w_t, np.nan)
+    numba_cpu.relpsp_linear_backward_weight_rows(t_np, a, outs[1], 2, grad)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(grad, expected, rtol=0, atol=rtol * np.abs(expected).max())

@@ -50,8 +50,9 @@ def _forward_and_grads(t: torch.Tensor, weights: list[torch.Tensor], thresholds:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("sizes", [[24, 9], [30, 17, 5], [40, 1100, 12, 3]])
 @pytest.mark.parametrize("input_grad", [False, True])
-def test_stack_equals_layer_by_layer_bit_for_bit(stack_backward, dtype: torch.dtype, sizes: list[int], input_grad: bool) -> None:
-    stack_backward("prefix")  # the dense backward is another summation (tested below)
+@pytest.mark.parametrize("mode", ["prefix", "rows"])
+def test_stack_equals_layer_by_layer_bit_for_bit(stack_backward, dtype: torch.dtype, sizes: list[int], input_grad: bool, mode: str) -> None:
+    stack_backward(mode)  # the same kernels layer by layer (the dense backward is another summation, tested below)
     rng = np.random.default_rng(len(sizes) + sizes[0])
     t, weights = _stack_case(rng, sizes, dtype)
     thresholds = [float(th) for th in rng.uniform(0.4, 1.5, len(weights))]
@@ -159,27 +160,46 @@ def test_dense_backward_matches_causal_prefix_sums(stack_backward, dtype: torch.
     silent inputs, and with every input spiking, which has a shortcut)."""
     t, weights, grad_out = _dense_case(dtype, silent_inputs)
     results = {}
-    for mode in ("prefix", "dense"):
+    for mode in ("prefix", "dense", "rows"):
         stack_backward(mode)
         results[mode] = _forward_and_grads(t, weights, [1.0, 1.0], grad_out, True, True)
-    assert torch.equal(results["dense"][0], results["prefix"][0])  # the forward is the same
-    dense = [*results["dense"][1], results["dense"][2]]
     prefix = [*results["prefix"][1], results["prefix"][2]]
-    for a, b in zip(dense, prefix):
-        assert b.abs().max() > 0
-        assert not torch.equal(a, b) or dtype == torch.float64  # float32: really another summation
-        torch.testing.assert_close(a, b, rtol=0, atol=rtol * float(b.abs().max()))
+    for mode in ("dense", "rows"):
+        assert torch.equal(results[mode][0], results["prefix"][0])  # the forward is the same
+        other = [*results[mode][1], results[mode][2]]
+        for a, b in zip(other, prefix):
+            assert b.abs().max() > 0
+            torch.testing.assert_close(a, b, rtol=0, atol=rtol * float(b.abs().max()))
+    dense_w = results["dense"][1]
+    assert dtype == torch.float64 or not all(torch.equal(a, b) for a, b in zip(dense_w, results["prefix"][1]))  # float32: really another summation
 
 
 def test_auto_backward_picks_dense_only_for_mostly_causal_layers() -> None:
     from stdbp.kernels.numba_autograd import _dense_is_cheaper
 
     spikes = 64 * 256  # every input of 64 samples spikes
-    assert _dense_is_cheaper("auto", spikes, 64 * 26, 64, (256, 1024), True)  # 10 % non-causal
-    assert not _dense_is_cheaper("auto", spikes, 64 * 156, 64, (256, 1024), True)  # 60 %: loses digits
-    assert not _dense_is_cheaper("auto", 64 * 20, 0, 64, (784, 800), True)  # sparse input: prefix is cheaper
-    assert _dense_is_cheaper("dense", spikes, spikes, 64, (8, 8), False)
-    assert not _dense_is_cheaper("prefix", spikes, 0, 64, (256, 1024), True)
+    assert _dense_is_cheaper("auto", spikes, 64 * 26, 64, (256, 1024))  # 10 % non-causal
+    assert not _dense_is_cheaper("auto", spikes, 64 * 156, 64, (256, 1024))  # 60 %: loses digits
+    assert not _dense_is_cheaper("auto", 64 * 20, 0, 64, (784, 800))  # sparse input: prefix is cheaper
+    assert _dense_is_cheaper("dense", spikes, spikes, 64, (8, 8))
+    assert not _dense_is_cheaper("prefix", spikes, 0, 64, (256, 1024))
+
+
+def test_weight_gradient_method_follows_the_input_density() -> None:
+    from stdbp.kernels.numba_autograd import _weight_gradient_method
+
+    rng = np.random.default_rng(0)
+    dense_input = rng.uniform(0, 1, (64, 256)).astype(np.float32)  # every input spikes
+    assert _weight_gradient_method("auto", dense_input.size, dense_input, (256, 1024), None) == "rows"
+    assert _weight_gradient_method("auto", dense_input.size, dense_input, (256, 1024), (64 * 26, True)) == "matmul"
+    assert _weight_gradient_method("auto", dense_input.size, dense_input, (256, 1024), (64 * 156, True)) == "rows"  # matmul would lose digits
+    sparse_input = np.full((64, 784), np.inf, np.float32)
+    sparse_input[:, rng.choice(784, 20, replace=False)] = 0.5  # 20 scattered spiking inputs per sample
+    assert _weight_gradient_method("auto", 64 * 20, sparse_input, (784, 800), None) == "prefix"
+    assert _weight_gradient_method("auto", 0, np.full((4, 8), np.inf, np.float32), (8, 16), None) == "prefix"
+    for mode, method in (("prefix", "prefix"), ("rows", "rows"), ("dense", "matmul")):
+        assert _weight_gradient_method(mode, dense_input.size, dense_input, (256, 1024), (0, True)) == method
+    assert _weight_gradient_method("dense", dense_input.size, dense_input, (256, 1024), None) == "prefix"  # matmul may overflow
 
 
 @pytest.mark.parametrize("all_spike", [False, True])

@@ -57,19 +57,20 @@ class RelpspLinearNumba(torch.autograd.Function):
         _, n_chunks = numba_cpu.scan_tasks(n_out, numba.get_num_threads())
         bad = numba_cpu.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, thr, t_out, anchor, inv_slope, n_causal, order, times, n_spikes, n_chunks)
         _raise_if(bad, t_in)
-        ctx.scan = (times, w_t, anchor, inv_slope, n_causal, order, n_spikes)
+        ctx.scan = (t_np, times, w_t, anchor, inv_slope, n_causal, order, n_spikes)
         return torch.from_numpy(t_out)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         from . import numba_cpu
 
-        times, w_t, anchor, inv_slope, n_causal, order, n_spikes = ctx.scan
+        t_np, times, w_t, anchor, inv_slope, n_causal, order, n_spikes = ctx.scan
         with np.errstate(invalid="ignore", over="ignore"):  # extreme slopes: saturated below
             grad_scaled = grad_out.detach().contiguous().numpy() * inv_slope
         grad_t = grad_w = None
         if ctx.needs_input_grad[1]:
-            grad_w = _weight_gradient(times, grad_scaled, anchor, n_causal, order, n_spikes, w_t)
+            method = _weight_gradient_method(_STACK_BACKWARD, int(n_spikes.sum()), t_np, w_t.shape, None)
+            grad_w = _weight_gradient(method, t_np, times, grad_scaled, anchor, n_causal, order, n_spikes, w_t)
         if ctx.needs_input_grad[0]:
             grad_t_np = np.zeros(times.shape, dtype=times.dtype)
             numba_cpu.relpsp_linear_backward_input(w_t, grad_scaled, n_causal, order, n_spikes, grad_t_np)
@@ -78,17 +79,24 @@ class RelpspLinearNumba(torch.autograd.Function):
         return grad_t, grad_w, None
 
 
-def _weight_gradient(times, grad_scaled, anchor, n_causal, order, n_spikes, w_t, top: tuple[float, float] | None = None) -> Tensor:
+def _weight_gradient(method: str, t_in, times, grad_scaled, anchor, n_causal, order, n_spikes, w_t, top: tuple[float, float] | None = None) -> Tensor:
     """Eq. 14 for one fully connected layer from what its forward scan kept: ``(N_out, N_in)``.
 
-    ``top``: the largest ``|grad_scaled|`` and ``anchor`` (``inf`` for NaN) if already known.
+    ``method``: ``"prefix"`` (sums over each neuron's causal prefix,
+    ``numba_cpu.relpsp_linear_backward_weight``) or ``"rows"`` (over all pairs of the input times
+    ``t_in`` ``(B, N_in)``, ``numba_cpu.relpsp_linear_backward_weight_rows``); see
+    :func:`_weight_gradient_method`. ``top``: the largest ``|grad_scaled|`` and ``anchor``
+    (``inf`` for NaN) if already known.
     """
     import numba
 
     from . import numba_cpu
 
     grad_w_t = np.empty_like(w_t)
-    numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_spikes, numba.get_num_threads(), grad_w_t)
+    if method == "rows":
+        numba_cpu.relpsp_linear_backward_weight_rows(t_in, grad_scaled, anchor, numba.get_num_threads(), grad_w_t)
+    else:
+        numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_spikes, numba.get_num_threads(), grad_w_t)
     # each entry sums batch terms a * (t_i - t_j), |t_i - t_j| <= max |anchor|: saturate only if that may overflow
     if top is None:
         top = float(np.abs(grad_scaled).max(initial=0.0)), float(anchor.max(initial=0.0))  # NaN if any is NaN
@@ -108,9 +116,10 @@ def _padded(w_t: np.ndarray, cols: int) -> np.ndarray:
 
 class RelpspStackNumba(torch.autograd.Function):
     """Autograd wrapper of ``numba_stack``: fully connected layers ``t_in -> ... -> t_out``, the
-    forward in one kernel call, the backward a layer at a time (prefix sums or matrix products,
-    whichever is cheaper: :func:`_dense_is_cheaper`). Spike times are those of
-    :class:`RelpspLinearNumba` layer by layer, bit for bit; so are the gradients of prefix sums.
+    forward in one kernel call, the backward a layer at a time (sums over causal prefixes, over
+    all pairs, or matrix products, whichever is cheaper: :func:`_dense_is_cheaper`,
+    :func:`_weight_gradient_method`). Spike times are those of :class:`RelpspLinearNumba` layer
+    by layer, bit for bit; so are the gradients of prefix sums and of sums over all pairs.
 
     ``apply(t_in, thresholds, *weights)``: ``t_in`` ``(B, N_0)``, ``thresholds`` a tuple of
     floats, ``weights[l]`` ``(N_{l+1}, N_l)``; returns ``(B, N_L)``. Raises ``ValueError`` for
@@ -161,16 +170,19 @@ class RelpspStackNumba(torch.autograd.Function):
             w_t, want_input = w_ts[l], l > 0 or ctx.needs_input_grad[0]
             a = np.empty_like(anchor[l])
             top_a, top_t, latest, spikes, non_causal, fewest = numba_stack.scale_gradient(grad, inv_slope[l], anchor[l], times[l], n_spikes[l], first_fire[l], a)
-            safe = top_a * top_t * batch < limit  # no term of eq. 14 can overflow
-            dense = safe and _dense_is_cheaper(ctx.mode, spikes, non_causal, batch, w_t.shape, want_input)
-            if dense:  # nor may the sums over all pairs, non-causal ones included
-                dense = top_a * max(latest, top_t) * batch < limit and top_a * numba_stack.abs_max(w_t) * w_t.shape[1] < limit
+            # matrix products may be used if no term of eq. 14, nor a sum over all pairs (the
+            # non-causal ones included), can overflow
+            matmul_ok = top_a * top_t * batch < limit and top_a * max(latest, top_t) * batch < limit
+            all_spike = fewest == t[l].shape[1]
+            dense = want_input and matmul_ok and _dense_is_cheaper(ctx.mode, spikes, non_causal, batch, w_t.shape)
+            if dense:
+                dense = top_a * numba_stack.abs_max(w_t) * w_t.shape[1] < limit
             if want_input:
                 grad_in = torch.mm(torch.from_numpy(a), torch.from_numpy(w_t).t()).numpy() if dense else np.empty((batch, w_t.shape[0]), dtype=dtype)
                 numba_stack.input_gradient(w_t, widths[l], a, n_causal[l], order[l], n_spikes[l], dense, first_fire[l], grad_in)
             if ctx.needs_input_grad[2 + l]:
-                if dense:  # the sum over all spiking pairs of a_j t_i - a_j t_j, then the correction
-                    all_spike = fewest == t[l].shape[1]
+                method = _weight_gradient_method(ctx.mode, spikes, t[l], w_t.shape, (non_causal, all_spike) if matmul_ok else None)
+                if method == "matmul":  # the sum over all spiking pairs of a_j t_i - a_j t_j, then the correction
                     if all_spike:  # the a_j t_j sum is the same for every row: subtracted in the correction
                         grad_w_t = torch.mm(torch.from_numpy(t[l]).t(), torch.from_numpy(a)).numpy()
                     else:
@@ -183,7 +195,7 @@ class RelpspStackNumba(torch.autograd.Function):
                     )
                     grad_w = torch.from_numpy(grad_w_t).t()
                 else:
-                    grad_w = _weight_gradient(times[l], a, anchor[l], n_causal[l], order[l], n_spikes[l], w_t, (top_a, top_t))
+                    grad_w = _weight_gradient(method, t[l], times[l], a, anchor[l], n_causal[l], order[l], n_spikes[l], w_t, (top_a, top_t))
                 grads[1 + l] = grad_w if widths[l] == w_t.shape[1] else grad_w[: widths[l]].t().contiguous().t()  # laid out as weight_t
             if want_input:
                 grad = grad_in
@@ -195,19 +207,29 @@ class RelpspStackNumba(torch.autograd.Function):
         return grads[0], None, *grads[1:]
 
 
-#: How the stack's backward sums eqs. 14-15: "auto" (the cheaper way for each layer and batch),
-#: "prefix" or "dense" (tests set it to check both against each other).
+#: How the backward passes of fully connected layers sum eqs. 14-15: "auto" (the cheapest way
+#: for each layer and batch), "prefix" (causal prefixes), "dense" (matrix products less the
+#: non-causal pairs, where they cannot overflow) or "rows" (eq. 14 over all pairs,
+#: ``numba_cpu.relpsp_linear_backward_weight_rows``; eq. 15 by prefixes). Tests set it to check
+#: them against each other.
 _STACK_BACKWARD = "auto"
 
-#: Cost of one multiply-add in ``torch.mm`` relative to one (input, neuron) pair of the masked
-#: numba loops: measured 47 G multiply-adds/s against ~5 G pairs/s on the 2-core CPU.
+#: Costs in units of one (input, neuron) pair of the causal-prefix kernels (~10 G pairs/s on the
+#: 2-core CPU), measured on the layers of the README's networks: one multiply-add of ``torch.mm``
+#: (47 G/s); one pair of ``relpsp_linear_backward_weight_rows`` (~22 G/s); and the fixed work per
+#: spiking input of a prefix kernel, or per eight inputs of a sample for the rows kernel, in pairs
+#: (why a 10-neuron layer runs at 1.4 G pairs/s by prefixes, 5.7 G by rows).
 _MATMUL_COST = 0.1
+_ROWS_COST = 0.45
+_PREFIX_OVERHEAD = 56
+_ROWS_OVERHEAD = 48
 
 
-def _dense_is_cheaper(mode: str, spikes: int, non_causal: int, batch: int, shape: tuple[int, int], want_input: bool) -> bool:
-    """Whether matrix products less the non-causal pairs beat the causal-prefix sums for a layer
-    of ``shape = (N_in, W)`` whose ``batch`` samples have ``spikes`` spiking inputs in all, of
-    which ``non_causal`` may be non-causal for some neuron (those from ``first_fire`` on).
+def _dense_is_cheaper(mode: str, spikes: int, non_causal: int, batch: int, shape: tuple[int, int]) -> bool:
+    """Whether eq. 15 for a layer of ``shape = (N_in, W)`` is cheaper as a matrix product less the
+    non-causal pairs than as sums over causal prefixes, for ``batch`` samples with ``spikes``
+    spiking inputs in all, of which ``non_causal`` may be non-causal for some neuron (those from
+    ``first_fire`` on).
 
     Never where more than a quarter of the inputs may be non-causal: a sum over all pairs less a
     large correction would lose float32 digits (measured: 4e-3 of the largest weight gradient
@@ -217,10 +239,32 @@ def _dense_is_cheaper(mode: str, spikes: int, non_causal: int, batch: int, shape
         return mode == "dense"
     if non_causal > 0.25 * spikes:
         return False
-    passes = 2 if want_input else 1
-    prefix = passes * float(spikes) * shape[1]
-    dense = _MATMUL_COST * batch * shape[0] * shape[1] * (passes + 1) + passes * float(non_causal) * shape[1]
+    prefix = float(spikes) * (shape[1] + _PREFIX_OVERHEAD)
+    dense = _MATMUL_COST * batch * shape[0] * shape[1] + float(non_causal) * (shape[1] + _PREFIX_OVERHEAD)
     return dense < prefix
+
+
+def _weight_gradient_method(mode: str, spikes: int, t_in: np.ndarray, shape: tuple[int, int], matmul: tuple[int, bool] | None) -> str:
+    """How to sum eq. 14 for a layer of ``shape = (N_in, W)`` with input times ``t_in``
+    ``(B, N_in)`` (``spikes`` of them spiking): ``"prefix"``, ``"rows"`` or ``"matmul"``, the
+    cheapest by the costs above. ``matmul`` is ``(non_causal, all_spike)`` where matrix products
+    may be used (the stack, where they cannot overflow), else ``None``; they are not used where
+    more than a quarter of the inputs may be non-causal (see :func:`_dense_is_cheaper`).
+    """
+    if mode != "auto":
+        return {"prefix": "prefix", "rows": "rows", "dense": "matmul" if matmul is not None else "prefix"}[mode]
+    batch, n_in = t_in.shape
+    costs = {"prefix": float(spikes) * (shape[1] + _PREFIX_OVERHEAD)}
+    if costs["prefix"] > 0:
+        # the rows kernel skips a sample's eight inputs if none spikes: as many groups are left as
+        # for inputs that spike independently (an upper bound where spikes cluster, as in images)
+        density = spikes / (batch * n_in)
+        groups = batch * -(-n_in // 8) * (1.0 - (1.0 - density) ** 8)
+        costs["rows"] = _ROWS_COST * 8 * groups * (shape[1] + _ROWS_OVERHEAD)
+    if matmul is not None and matmul[0] <= 0.25 * spikes:
+        products = t_in.shape[0] * shape[0] * shape[1] * (1 if matmul[1] else 2)  # (B or 2B) x N_in x W
+        costs["matmul"] = _MATMUL_COST * products + float(matmul[0]) * (shape[1] + _PREFIX_OVERHEAD)
+    return min(costs, key=costs.__getitem__)
 
 
 @functools.lru_cache(maxsize=64)
