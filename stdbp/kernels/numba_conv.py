@@ -76,24 +76,21 @@ def _scan_run(s, q, nc, w, t, kf, threshold, zero):  # pragma: no cover - compil
         q[e] = qe + m * t
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _finish_run(s, q, nc, t_ref, count, threshold, t_out, p, plane_out, c_out, anchor, inv_slope, zero, one, inf):  # pragma: no cover - compiled
-    """After the scan, the neurons of output position ``p``: fire at ``(threshold + q) / s`` or stay silent.
+@njit(cache=True, nogil=True)
+def _finish_state(s, nc, fire, t_ref, count, anchor, inv_slope, n_causal, zero, one):  # pragma: no cover - compiled
+    """After a sample's scan, the state the backward pass needs, for all its neurons (flat arrays in
+    the ``(H_out, W_out, C_pad)`` order). ``fire`` is each neuron's time, ``(threshold + q) / s``,
+    or ``inf`` if it has not fired; ``t_ref`` the latest spike of its field + ``SILENT_HORIZON``.
 
     A neuron that has not fired before its field's last input fires after it if ``s > 0``; its
-    causal set, like a silent neuron's, is then every spike of the sample (``count``). ``t_out``
-    is the sample's row in ``(C_out, H_out, W_out)`` order, ``plane_out = H_out * W_out``; the
-    padding channels (``e >= c_out``, zero weights) are not written to it.
+    causal set, like a silent neuron's, is then every spike of the sample (``count``). A silent
+    neuron gets ``t_ref`` as its anchor and a unit slope (padding channels are silent).
     """
-    for e in range(s.shape[0]):
-        fired = (nc[e] > zero) | (s[e] > zero)
-        slope = s[e] if fired else one
-        t_fire = (threshold + q[e]) / slope
-        if e < c_out:
-            t_out[e * plane_out + p] = t_fire if fired else inf
-        anchor[e] = t_fire if fired else t_ref
-        inv_slope[e] = one / slope
-        nc[e] = nc[e] if nc[e] > zero else count
+    for j in range(s.shape[0]):
+        fired = (nc[j] > zero) | (s[j] > zero)
+        anchor[j] = fire[j] if fired else t_ref[j]
+        inv_slope[j] = one / s[j] if fired else one
+        n_causal[j] = nc[j] if nc[j] > zero else count
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -222,30 +219,33 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
                     w0 = (k_w - 1 - (x + pad_w - ox * stride_w)) * c_out
                     _scan_run(s[j0 : j0 + run], q[j0 : j0 + run], nc[j0 : j0 + run], w_row[w0 : w0 + run], t, kf, threshold, zero)
         kbuf[0] = count
-        # the sample's output and neuron state; with pooling, scratch of which the winners are kept
+        cnt = kbuf[0]  # the count as the dtype
+        # every neuron's time, inf if it has not fired: one flat loop over the state (it vectorises;
+        # a loop per output position over C_pad neurons would not)
+        fire = np.empty(n_out, dtype=t_flat.dtype)
+        for j in range(n_out):
+            fire[j] = (threshold + q[j]) / s[j] if (nc[j] > zero) | (s[j] > zero) else inf
         row = t_out[b] if pool_h == 0 else np.empty(c_real * plane_out, dtype=t_flat.dtype)
-        anc = anchor[b] if pool_h == 0 else np.empty(n_out, dtype=t_flat.dtype)
-        inv = inv_slope[b] if pool_h == 0 else np.empty(n_out, dtype=t_flat.dtype)
-        for p in range(plane_out):
-            lo, hi = p * c_out, (p + 1) * c_out
-            _finish_run(
-                s[lo:hi], q[lo:hi], nc[lo:hi], latest[p] + horizon, kbuf[0], threshold,
-                row, p, plane_out, c_real, anc[lo:hi], inv[lo:hi], zero, one, inf,
-            )
+        for e in range(c_real):  # PyTorch's (C_out, H_out, W_out) order
+            for p in range(plane_out):
+                row[e * plane_out + p] = fire[p * c_out + e]
         if pool_h == 0:
-            n_causal[b] = nc
+            t_ref = np.empty(n_out, dtype=t_flat.dtype)
+            for p in range(plane_out):
+                t_ref[p * c_out : (p + 1) * c_out] = latest[p] + horizon
+            _finish_state(s, nc, fire, t_ref, cnt, anchor[b], inv_slope[b], n_causal[b], zero, one)
         for e in range(c_real if pool_h > 0 else 0):  # pooled while the output is in cache
             w_lo, w_hi = e * pooled, (e + 1) * pooled
             pool_plane(
                 row[e * plane_out : (e + 1) * plane_out].reshape(h_out, w_out), pool_h, pool_w, pool_sh, pool_sw,
                 t_pool[b, w_lo:w_hi].reshape(pooled_h, pooled_w), argmin[b, w_lo:w_hi].reshape(pooled_h, pooled_w), inf,
             )
-            for o in range(w_lo, w_hi):  # the state of each window's earliest neuron
+            for o in range(w_lo, w_hi):  # the state of each window's earliest neuron (one that fired)
                 where = argmin[b, o]
                 j = where * c_out + e
-                anchor[b, o] = anc[j] if where >= 0 else zero
-                inv_slope[b, o] = inv[j] if where >= 0 else zero
-                n_causal[b, o] = nc[j] if where >= 0 else zero
+                anchor[b, o] = fire[j] if where >= 0 else zero
+                inv_slope[b, o] = one / s[j] if where >= 0 else zero
+                n_causal[b, o] = (nc[j] if nc[j] > zero else cnt) if where >= 0 else zero
     return bad
 
 
