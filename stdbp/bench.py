@@ -213,9 +213,13 @@ def rss(field):
 arch, batch_size, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 snn = (int(name.split("_")[1]),) if name.startswith("snntorch") else ()
 batches = _batches(batch_size, 4)
+from stdbp.kernels import numba_autograd
 warm = make_steps(tiny_arch(arch), _batches(2, 1), snn, only=name)
-for i in range(2):
-    warm[name](i)  # load the code (numba's compiled kernels, PyTorch's lazily initialised ones)
+for mode in ("prefix", "dense", "rows"):  # every kernel the backward may pick (numba_autograd._STACK_BACKWARD)
+    numba_autograd._STACK_BACKWARD = mode
+    for i in range(2):
+        warm[name](i)  # load the code (numba's compiled kernels, PyTorch's lazily initialised ones)
+numba_autograd._STACK_BACKWARD = "auto"
 del warm
 gc.collect()
 base = rss("VmRSS:")
@@ -251,8 +255,9 @@ def memory_probe(arch: str, batch_size: int, name: str, runs: int = 3, default_m
 
     The peak resident set while the model and optimizer are built and six training steps run,
     less the resident set before. Code is loaded first (and not counted) by training a tiny
-    network of the same layer kinds (:func:`tiny_arch`): numba's compiled kernels for stdbp,
-    PyTorch's lazily initialised kernels for the others. The process runs with
+    network of the same layer kinds (:func:`tiny_arch`): numba's compiled kernels for stdbp
+    (each of the ways its backward pass may sum eqs. 14-15), PyTorch's lazily initialised
+    kernels for the others. The process runs with
     :data:`PROBE_MALLOC` unless ``default_malloc``; the result is the median of ``runs`` fresh
     processes.
     """
