@@ -218,8 +218,11 @@ _STACK_BACKWARD = "auto"
 #: 2-core CPU), measured on the layers of the README's networks: one multiply-add of ``torch.mm``
 #: (47 G/s); one pair of ``relpsp_linear_backward_weight_rows`` (~22 G/s); and the fixed work per
 #: spiking input of a prefix kernel, or per eight inputs of a sample for the rows kernel, in pairs
-#: (why a 10-neuron layer runs at 1.4 G pairs/s by prefixes, 5.7 G by rows).
+#: (why a 10-neuron layer runs at 1.4 G pairs/s by prefixes, 5.7 G by rows); and per input entry
+#: the NumPy passes that lay out the matrix products' operands where not every input spikes
+#: (0.25 ms of matrix products for a 10-neuron output layer at batch 64, 0.15 ms by rows).
 _MATMUL_COST = 0.1
+_MATMUL_PREP = 20
 _ROWS_COST = 0.45
 _PREFIX_OVERHEAD = 56
 _ROWS_OVERHEAD = 48
@@ -262,8 +265,9 @@ def _weight_gradient_method(mode: str, spikes: int, t_in: np.ndarray, shape: tup
         groups = batch * -(-n_in // 8) * (1.0 - (1.0 - density) ** 8)
         costs["rows"] = _ROWS_COST * 8 * groups * (shape[1] + _ROWS_OVERHEAD)
     if matmul is not None and matmul[0] <= 0.25 * spikes:
-        products = t_in.shape[0] * shape[0] * shape[1] * (1 if matmul[1] else 2)  # (B or 2B) x N_in x W
-        costs["matmul"] = _MATMUL_COST * products + float(matmul[0]) * (shape[1] + _PREFIX_OVERHEAD)
+        products = batch * shape[0] * shape[1] * (1 if matmul[1] else 2)  # (B or 2B) x N_in x W
+        prep = 0 if matmul[1] else _MATMUL_PREP * batch * n_in
+        costs["matmul"] = _MATMUL_COST * products + prep + float(matmul[0]) * (shape[1] + _PREFIX_OVERHEAD)
     return min(costs, key=costs.__getitem__)
 
 
