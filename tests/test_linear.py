@@ -345,3 +345,18 @@ def test_rows_kernel_is_the_causal_prefix_sum(dtype: type) -> None:
     numba_cpu.relpsp_linear_backward_weight_rows(t_np, a, outs[1], 2, grad)
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(grad, expected, rtol=0, atol=rtol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("n_out", [1, 10, numba_cpu.NARROW, numba_cpu.NARROW + 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_narrow_layers_input_gradient_matches_reference(n_out: int, dtype: torch.dtype) -> None:
+    """Layers of at most ``NARROW`` neurons sum eq. 15 neuron by neuron over the inputs
+    (``relpsp_linear_backward_input_narrow``), wider ones per input over the neurons: both give the
+    reference's gradients, with ties, silent inputs, a silent sample and silent neurons."""
+    rng = np.random.default_rng(40 + n_out)
+    t, w = random_case(rng, batch=8, n_in=57, n_out=n_out, dtype=dtype, weight_mean=0.1)
+    grad_out = torch.tensor(rng.normal(size=(8, n_out)), dtype=dtype)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    out, gt, _ = _assert_backends_agree(t, w, 0.8, grad_out, tol)
+    assert torch.isfinite(out).any() and gt.abs().max() > 0
+    assert (gt[torch.isinf(t)] == 0).all()  # silent inputs get no gradient

@@ -73,7 +73,10 @@ class RelpspLinearNumba(torch.autograd.Function):
             grad_w = _weight_gradient(method, t_np, times, grad_scaled, anchor, n_causal, order, n_spikes, w_t)
         if ctx.needs_input_grad[0]:
             grad_t_np = np.zeros(times.shape, dtype=times.dtype)
-            numba_cpu.relpsp_linear_backward_input(w_t, grad_scaled, n_causal, order, n_spikes, grad_t_np)
+            if w_t.shape[1] <= numba_cpu.NARROW:
+                numba_cpu.relpsp_linear_backward_input_narrow(np.ascontiguousarray(w_t.T), grad_scaled, n_causal, order, n_spikes, grad_t_np)
+            else:
+                numba_cpu.relpsp_linear_backward_input(w_t, grad_scaled, n_causal, order, n_spikes, grad_t_np)
             numba_cpu.saturate_(grad_t_np.reshape(-1))
             grad_t = torch.from_numpy(grad_t_np)
         return grad_t, grad_w, None
@@ -159,7 +162,7 @@ class RelpspStackNumba(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         import numba
 
-        from . import numba_stack
+        from . import numba_cpu, numba_stack
 
         t, w_ts, widths, anchor, inv_slope, n_causal, order, times, n_spikes, first_fire = ctx.scan
         grad = grad_out.detach().contiguous().numpy()
@@ -179,7 +182,10 @@ class RelpspStackNumba(torch.autograd.Function):
                 dense = top_a * numba_stack.abs_max(w_t) * w_t.shape[1] < limit
             if want_input:
                 grad_in = torch.mm(torch.from_numpy(a), torch.from_numpy(w_t).t()).numpy() if dense else np.empty((batch, w_t.shape[0]), dtype=dtype)
-                numba_stack.input_gradient(w_t, widths[l], a, n_causal[l], order[l], n_spikes[l], dense, first_fire[l], grad_in)
+                if not dense and widths[l] <= numba_cpu.NARROW:  # as RelpspLinearNumba does, bit for bit
+                    numba_stack.input_gradient_narrow(np.ascontiguousarray(w_t[:, : widths[l]].T), a, n_causal[l], order[l], n_spikes[l], grad_in)
+                else:
+                    numba_stack.input_gradient(w_t, widths[l], a, n_causal[l], order[l], n_spikes[l], dense, first_fire[l], grad_in)
             if ctx.needs_input_grad[2 + l]:
                 method = _weight_gradient_method(ctx.mode, spikes, t[l], w_t.shape, (non_causal, all_spike) if matmul_ok else None)
                 if method == "matmul":  # the sum over all spiking pairs of a_j t_i - a_j t_j, then the correction

@@ -500,6 +500,46 @@ def relpsp_linear_backward_input(weight_t, grad_scaled, n_causal, order, n_spike
         _input_grad_row(weight_t, weight_t.shape[1], grad_scaled[b].copy(), n_causal[b].copy(), order[b], 0, n_spikes[b], False, grad_in[b])
 
 
+#: Widest layer whose input gradient (eq. 15) is summed neuron by neuron over all its inputs
+#: (:func:`_input_grad_narrow`): the sum over neurons per input (:func:`_input_grad_row`) does
+#: not vectorise for one or two vectors of neurons.
+NARROW = 16
+
+
+@njit(cache=True, nogil=True)
+def _input_grad_narrow(weight, a, nc, order_row, count, rank, out_row):  # pragma: no cover - compiled
+    """Eq. 15 for one sample of a narrow layer: ``out_row[i] = sum_j a[j] * weight[j, i]`` over
+    the neurons ``j < len(weight)`` for which input ``i`` is causal (its position in time order,
+    from ``order_row[:count]``, below ``nc[j]``); 0 for silent inputs. ``weight`` ``(N_out, N_in)``
+    (not transposed: the loop runs over the inputs, and vectorises), ``rank`` scratch ``(N_in,)``.
+    Neurons are added in order, so the result does not depend on how the layer is padded.
+    """
+    zero = np.zeros(1, dtype=out_row.dtype)[0]
+    inf = np.full(1, np.inf, dtype=out_row.dtype)[0]
+    k_cast = np.zeros(1, dtype=out_row.dtype)
+    for i in range(out_row.shape[0]):
+        rank[i] = inf
+        out_row[i] = zero
+    for k in range(count):
+        k_cast[0] = k
+        rank[order_row[k]] = k_cast[0]
+    for j in range(weight.shape[0]):
+        aj, nj = a[j], nc[j]
+        w = weight[j]
+        for i in range(out_row.shape[0]):
+            out_row[i] += aj * w[i] * (rank[i] < nj)
+
+
+@njit(parallel=True, cache=True)
+def relpsp_linear_backward_input_narrow(weight, grad_scaled, n_causal, order, n_spikes, grad_in):  # pragma: no cover
+    """:func:`relpsp_linear_backward_input` for a layer of at most :data:`NARROW` neurons:
+    ``weight`` ``(N_out, N_in)`` C-contiguous; ``grad_in`` ``(B, N_in)`` written
+    (:func:`_input_grad_narrow`, one sample per task)."""
+    for b in prange(grad_in.shape[0]):
+        rank = np.empty(grad_in.shape[1], dtype=grad_in.dtype)
+        _input_grad_narrow(weight, grad_scaled[b], n_causal[b], order[b], n_spikes[b], rank, grad_in[b])
+
+
 @njit(parallel=True, cache=True)
 def saturate_(grad):  # pragma: no cover - compiled
     """In place: entries of the 1-D ``grad`` beyond the dtype's range become its largest finite

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .numba_cpu import _count_invalid, _finish, _input_grad_row, _scan_block, _sorted_spikes, block_width
+from .numba_cpu import _count_invalid, _finish, _input_grad_narrow, _input_grad_row, _scan_block, _sorted_spikes, block_width
 from .reference import SILENT_HORIZON
 
 
@@ -176,6 +176,23 @@ def input_gradient(weight_t, n_out, a, n_causal, order, n_spikes, dense, first_f
         else:
             out[:] = zero
             _input_grad_row(weight_t, n_out, a[b], n_causal[b], order[b], 0, count, False, out)
+        for i in range(out.shape[0]):
+            g = out[i]
+            if not abs(g) <= big:
+                out[i] = zero if g != g else (big if g > zero else -big)
+
+
+@njit(parallel=True, cache=True)
+def input_gradient_narrow(weight, a, n_causal, order, n_spikes, grad_in):  # pragma: no cover - compiled
+    """Eq. 15 by causal prefixes for a layer of at most ``numba_cpu.NARROW`` neurons
+    (``numba_cpu._input_grad_narrow``; ``weight`` ``(N_out, N_in)``, not transposed), saturated
+    as :func:`input_gradient` does; ``grad_in`` ``(B, N_in)`` is written."""
+    zero = np.zeros(1, dtype=grad_in.dtype)[0]
+    big = np.full(1, np.finfo(grad_in.dtype).max, dtype=grad_in.dtype)[0]
+    for b in prange(grad_in.shape[0]):
+        out = grad_in[b]
+        rank = np.empty(out.shape[0], dtype=out.dtype)
+        _input_grad_narrow(weight, a[b], n_causal[b], order[b], n_spikes[b], rank, out)
         for i in range(out.shape[0]):
             g = out[i]
             if not abs(g) <= big:
