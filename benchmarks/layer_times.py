@@ -3,8 +3,9 @@
 Usage: NUMBA_NUM_THREADS=1 python benchmarks/layer_times.py [--arch 784-800-10] [--batch-size 64] [--checkpoint FILE]
 
 For each fully connected ReL-PSP layer of a freshly initialised network (or of ``--checkpoint``),
-on a real MNIST batch: the sort of the spiking inputs alone, the whole forward kernel, the
-weight-gradient and input-gradient kernels (called as the training step calls them), with the
+on a real MNIST batch: the sort of the spiking inputs alone, the whole forward kernel, both
+weight-gradient kernels (by causal prefixes and by rows, of which the training step takes the
+cheaper) and the input-gradient kernel (as the training step calls it), with the
 number of spiking inputs per sample and nanoseconds per neuron update (forward time / (batch *
 spiking inputs * neurons)). Then PyTorch's fused Adam on that layer's weights, contiguous and
 transposed. Medians of wall time over repeats, on numba's (and PyTorch's) thread count:
@@ -62,8 +63,14 @@ def layer_times(layer: SpikingLinear, t_in: torch.Tensor, repeats: int) -> tuple
     forward()
     grad_scaled = (np.random.default_rng(0).standard_normal((batch, n_out)) * outs[2]).astype(np.float32)
     grad_w, grad_in = np.zeros_like(w_t), np.zeros((batch, n_in), np.float32)
-    row["grad_weight_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, outs[1], outs[3], order, n_spikes, numba.get_num_threads(), grad_w), repeats)
-    row["grad_input_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_input(w_t, grad_scaled, outs[3], order, n_spikes, grad_in), repeats)
+    threads = numba.get_num_threads()
+    row["grad_weight_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, outs[1], outs[3], order, n_spikes, threads, grad_w), repeats)
+    row["grad_weight_rows_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_weight_rows(t_np, grad_scaled, outs[1], threads, grad_w), repeats)
+    if n_out <= numba_cpu.NARROW:  # as the training step sums it
+        weight = np.ascontiguousarray(w_t.T)
+        row["grad_input_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_input_narrow(weight, grad_scaled, outs[3], order, n_spikes, grad_in), repeats)
+    else:
+        row["grad_input_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_input(w_t, grad_scaled, outs[3], order, n_spikes, grad_in), repeats)
     row["spiking_inputs_per_sample"] = float(n_spikes.mean())
     row["fired_fraction"] = float(np.isfinite(outs[0]).mean())
     row["ns_per_update"] = 1e6 * row["forward_ms"] / (batch * n_spikes.mean() * n_out)
@@ -96,7 +103,8 @@ def main() -> None:
         row, t = layer_times(layer, t, args.repeats)
         print(
             f"layer {index} ({layer.in_features}->{layer.out_features}): forward {row['forward_ms']:.2f} ms "
-            f"(sort {row['sort_ms']:.2f}), grad weight {row['grad_weight_ms']:.2f} ms, grad input {row['grad_input_ms']:.2f} ms; "
+            f"(sort {row['sort_ms']:.2f}), grad weight {row['grad_weight_ms']:.2f} ms by prefixes, {row['grad_weight_rows_ms']:.2f} ms by rows, "
+            f"grad input {row['grad_input_ms']:.2f} ms; "
             f"{row['spiking_inputs_per_sample']:.0f} spiking inputs/sample, {100 * row['fired_fraction']:.1f} % fire, "
             f"{row['ns_per_update']:.2f} ns per neuron update"
         )

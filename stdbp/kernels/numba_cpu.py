@@ -9,8 +9,12 @@ neurons have fired.
 
 The backward pass reuses what the forward pass recorded: the time-sorted spiking inputs, and
 for each neuron ``1 / s`` and the length of its causal prefix in that order, so that eqs. 14-15
-are sums over a prefix. Weight gradients are summed over the batch in a fixed order (parallel
-over ranges of rows), so results are bitwise reproducible for any thread count.
+are sums over a prefix. Eq. 14 can also be summed over every (input, neuron) pair as
+``a * min(t_i - t_j, 0)`` (:func:`relpsp_linear_backward_weight_rows`), faster where most
+inputs spike; layers of at most :data:`NARROW` neurons sum eq. 15 neuron by neuron over the
+inputs (:func:`relpsp_linear_backward_input_narrow`). Weight gradients are summed over the
+batch in a fixed order (parallel over ranges of rows), so results are bitwise reproducible for
+any thread count.
 
 Arrays are float32 or float64; every constant is cast to the array's type, since a Python
 constant in a float32 loop silently promotes it to float64 and stops LLVM vectorising it.

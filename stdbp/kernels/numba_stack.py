@@ -5,11 +5,12 @@ sort the layer's spiking inputs, scan them (``numba_cpu._scan_block``), write th
 go on to the next layer while the sample's spike times are still in cache.
 
 The backward pass goes down the stack a layer at a time. Eqs. 14-15 sum over the causal pairs of
-(spiking input, neuron); they are summed either over each neuron's causal prefix of the sorted
-inputs (``numba_cpu``: work in proportion to the causal pairs), or as matrix products over all
-pairs (``torch.mm``, about ten times cheaper per pair here) less the non-causal pairs
-(:func:`input_gradient` with ``dense``, :func:`weight_gradient_correction`): the second wins
-when nearly every input spikes and is causal, as in a freshly initialised network.
+(spiking input, neuron); they are summed over each neuron's causal prefix of the sorted inputs
+(``numba_cpu``; :func:`input_gradient_narrow` for layers of up to ``numba_cpu.NARROW``
+neurons), eq. 14 also over all pairs (``numba_cpu.relpsp_linear_backward_weight_rows``), or as
+matrix products over all pairs (``torch.mm``, about ten times cheaper per pair here) less the
+non-causal pairs (:func:`input_gradient` with ``dense``, :func:`weight_gradient_correction`),
+which wins when nearly every input spikes and is causal. ``numba_autograd`` picks per layer.
 
 Per layer ``l`` of ``N_l -> N_{l+1}`` neurons, arrays come in tuples with one entry per layer:
 ``weights[l]`` is the transposed weight ``(N_l, N_{l+1})``, C-contiguous; ``t[l]`` the layer's
