@@ -229,6 +229,8 @@ _STACK_BACKWARD = "auto"
 #: (0.25 ms of matrix products for a 10-neuron output layer at batch 64, 0.15 ms by rows).
 _MATMUL_COST = 0.1
 _MATMUL_PREP = 20
+#: Most inputs that may be non-causal (share of the spiking ones) for the matrix-product form.
+_MATMUL_MAX_NON_CAUSAL = 0.25
 _ROWS_COST = 0.45
 _PREFIX_OVERHEAD = 56
 _ROWS_OVERHEAD = 48
@@ -246,7 +248,7 @@ def _dense_is_cheaper(mode: str, spikes: int, non_causal: int, batch: int, shape
     """
     if mode != "auto":
         return mode == "dense"
-    if non_causal > 0.25 * spikes:
+    if non_causal > _MATMUL_MAX_NON_CAUSAL * spikes:
         return False
     prefix = float(spikes) * (shape[1] + _PREFIX_OVERHEAD)
     dense = _MATMUL_COST * batch * shape[0] * shape[1] + float(non_causal) * (shape[1] + _PREFIX_OVERHEAD)
@@ -270,7 +272,7 @@ def _weight_gradient_method(mode: str, spikes: int, t_in: np.ndarray, shape: tup
         density = spikes / (batch * n_in)
         groups = batch * -(-n_in // 8) * (1.0 - (1.0 - density) ** 8)
         costs["rows"] = _ROWS_COST * 8 * groups * (shape[1] + _ROWS_OVERHEAD)
-    if matmul is not None and matmul[0] <= 0.25 * spikes:
+    if matmul is not None and matmul[0] <= _MATMUL_MAX_NON_CAUSAL * spikes:
         products = batch * shape[0] * shape[1] * (1 if matmul[1] else 2)  # (B or 2B) x N_in x W
         prep = 0 if matmul[1] else _MATMUL_PREP * batch * n_in
         costs["matmul"] = _MATMUL_COST * products + prep + float(matmul[0]) * (shape[1] + _PREFIX_OVERHEAD)
