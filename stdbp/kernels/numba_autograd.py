@@ -74,10 +74,10 @@ class RelpspLinearNumba(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_t_np = np.zeros(times.shape, dtype=times.dtype)
             if w_t.shape[1] <= numba_cpu.NARROW:
-                numba_cpu.relpsp_linear_backward_input_narrow(np.ascontiguousarray(w_t.T), grad_scaled, n_causal, order, n_spikes, grad_t_np)
+                _narrow_input_gradient(w_t, w_t.shape[1], grad_scaled, n_causal, order, n_spikes, grad_t_np)
             else:
                 numba_cpu.relpsp_linear_backward_input(w_t, grad_scaled, n_causal, order, n_spikes, grad_t_np)
-            numba_cpu.saturate_(grad_t_np.reshape(-1))
+                numba_cpu.saturate_(grad_t_np.reshape(-1))
             grad_t = torch.from_numpy(grad_t_np)
         return grad_t, grad_w, None
 
@@ -106,6 +106,17 @@ def _weight_gradient(method: str, t_in, times, grad_scaled, anchor, n_causal, or
     if not top[0] * top[1] * len(anchor) < 0.5 * float(np.finfo(w_t.dtype).max):
         numba_cpu.saturate_(grad_w_t.reshape(-1))
     return torch.from_numpy(grad_w_t).t()
+
+
+def _narrow_input_gradient(w_t, width: int, grad_scaled, n_causal, order, n_spikes, grad_in) -> None:
+    """Eq. 15 into ``grad_in`` ``(B, N_in)`` for a layer of ``width <= numba_cpu.NARROW``
+    neurons (the first ``width`` columns of ``w_t``; padding columns beyond are ignored), by
+    ``numba_cpu.relpsp_linear_backward_input_narrow``, saturated."""
+    from . import numba_cpu
+
+    weight = np.ascontiguousarray(w_t[:, :width].T)  # (width, N_in): the kernel runs over the inputs
+    numba_cpu.relpsp_linear_backward_input_narrow(weight, grad_scaled, n_causal, order, n_spikes, grad_in)
+    numba_cpu.saturate_(grad_in.reshape(-1))
 
 
 def _padded(w_t: np.ndarray, cols: int) -> np.ndarray:
@@ -183,7 +194,7 @@ class RelpspStackNumba(torch.autograd.Function):
             if want_input:
                 grad_in = torch.mm(torch.from_numpy(a), torch.from_numpy(w_t).t()).numpy() if dense else np.empty((batch, w_t.shape[0]), dtype=dtype)
                 if not dense and widths[l] <= numba_cpu.NARROW:  # as RelpspLinearNumba does, bit for bit
-                    numba_stack.input_gradient_narrow(np.ascontiguousarray(w_t[:, : widths[l]].T), a, n_causal[l], order[l], n_spikes[l], grad_in)
+                    _narrow_input_gradient(w_t, widths[l], a, n_causal[l], order[l], n_spikes[l], grad_in)
                 else:
                     numba_stack.input_gradient(w_t, widths[l], a, n_causal[l], order[l], n_spikes[l], dense, first_fire[l], grad_in)
             if ctx.needs_input_grad[2 + l]:

@@ -6,10 +6,10 @@ go on to the next layer while the sample's spike times are still in cache.
 
 The backward pass goes down the stack a layer at a time. Eqs. 14-15 sum over the causal pairs of
 (spiking input, neuron); they are summed over each neuron's causal prefix of the sorted inputs
-(``numba_cpu``; :func:`input_gradient_narrow` for layers of up to ``numba_cpu.NARROW``
-neurons), eq. 14 also over all pairs (``numba_cpu.relpsp_linear_backward_weight_rows``), or as
-matrix products over all pairs (``torch.mm``, about ten times cheaper per pair here) less the
-non-causal pairs (:func:`input_gradient` with ``dense``, :func:`weight_gradient_correction`),
+(``numba_cpu``; ``relpsp_linear_backward_input_narrow`` for layers of up to
+``numba_cpu.NARROW`` neurons), eq. 14 also over all pairs
+(``numba_cpu.relpsp_linear_backward_weight_rows``), or as matrix products over all pairs
+(``torch.mm``, about ten times cheaper per pair here) less the non-causal pairs (:func:`input_gradient` with ``dense``, :func:`weight_gradient_correction`),
 which wins when nearly every input spikes and is causal. ``numba_autograd`` picks per layer.
 
 Per layer ``l`` of ``N_l -> N_{l+1}`` neurons, arrays come in tuples with one entry per layer:
@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .numba_cpu import _count_invalid, _finish, _input_grad_narrow, _input_grad_row, _scan_block, _sorted_spikes, block_width
+from .numba_cpu import _count_invalid, _finish, _input_grad_row, _scan_block, _sorted_spikes, block_width
 from .reference import SILENT_HORIZON
 
 
@@ -177,23 +177,6 @@ def input_gradient(weight_t, n_out, a, n_causal, order, n_spikes, dense, first_f
         else:
             out[:] = zero
             _input_grad_row(weight_t, n_out, a[b], n_causal[b], order[b], 0, count, False, out)
-        for i in range(out.shape[0]):
-            g = out[i]
-            if not abs(g) <= big:
-                out[i] = zero if g != g else (big if g > zero else -big)
-
-
-@njit(parallel=True, cache=True)
-def input_gradient_narrow(weight, a, n_causal, order, n_spikes, grad_in):  # pragma: no cover - compiled
-    """Eq. 15 by causal prefixes for a layer of at most ``numba_cpu.NARROW`` neurons
-    (``numba_cpu._input_grad_narrow``; ``weight`` ``(N_out, N_in)``, not transposed), saturated
-    as :func:`input_gradient` does; ``grad_in`` ``(B, N_in)`` is written."""
-    zero = np.zeros(1, dtype=grad_in.dtype)[0]
-    big = np.full(1, np.finfo(grad_in.dtype).max, dtype=grad_in.dtype)[0]
-    for b in prange(grad_in.shape[0]):
-        out = grad_in[b]
-        rank = np.empty(out.shape[0], dtype=out.dtype)
-        _input_grad_narrow(weight, a[b], n_causal[b], order[b], n_spikes[b], rank, out)
         for i in range(out.shape[0]):
             g = out[i]
             if not abs(g) <= big:
