@@ -263,27 +263,35 @@ def test_saturate_in_place() -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", ["uniform", "heavy_tail", "bunched", "ties", "short"])
-def test_spike_sort_is_a_stable_argsort(dtype: type, case: str) -> None:
-    """The kernels' sort (bucket pass, insertion sort, merge-sort fallback) against numpy's stable argsort."""
+@pytest.mark.parametrize("raw_keys", [False, True])
+@pytest.mark.parametrize("case", ["uniform", "heavy_tail", "bunched", "ties", "short", "reversed", "swapped_pairs", "single"])
+def test_spike_sort_is_a_stable_argsort(dtype: type, case: str, raw_keys: bool) -> None:
+    """The kernels' sort (bucket pass, one-place swaps, insertion sort, merge-sort fallback)
+    against numpy's stable argsort. ``raw_keys``: the bit patterns of ``t`` itself, as the stack
+    passes a hidden layer's times (``-0.0`` then has a negative key, which counts as 0)."""
     from stdbp.kernels import numba_cpu, sort_keys
 
     rng = np.random.default_rng(11)
+    ordered = np.sort(rng.uniform(0, 1, 900))
     t = {
         "uniform": rng.uniform(0, 1, 900),
         "heavy_tail": rng.pareto(0.5, 900),  # most times small, a few enormous
         "bunched": np.concatenate([1 + rng.uniform(0, 1e-4, 899), [1e30]]),  # one bucket holds nearly all: fallback
         "ties": rng.integers(0, 5, 900) / 4.0,
         "short": rng.uniform(0, 1, 20),
+        "reversed": ordered[::-1].copy(),
+        "swapped_pairs": ordered.reshape(-1, 2)[:, ::-1].reshape(-1).copy(),  # every neighbour out of order
+        "single": np.full(900, np.inf),
     }[case].astype(dtype)
     t[rng.random(t.size) < 0.2] = np.inf
     t[:3] = [0.0, -0.0, np.inf]
+    keys = t.view(sort_keys(t[:0]).dtype) if raw_keys else sort_keys(t)
     order, times = np.empty(t.size, np.int32), np.empty(t.size, dtype)
-    count = numba_cpu._sorted_spikes(t, sort_keys(t), order, times)
+    count = numba_cpu._sorted_spikes(t, keys, order, times)
     expected = np.argsort(np.where(t == 0, 0, t), kind="stable")[: np.isfinite(t).sum()]
     assert count == expected.size
     np.testing.assert_array_equal(order[:count], expected)
-    np.testing.assert_array_equal(times[:count], t[expected])
+    np.testing.assert_array_equal(times[:count].view(keys.dtype), t[expected].view(keys.dtype))  # -0.0 stays -0.0
 
 
 def test_all_finite_tells_saturated_from_non_finite() -> None:
