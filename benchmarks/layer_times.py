@@ -3,7 +3,7 @@
 Usage: NUMBA_NUM_THREADS=1 python benchmarks/layer_times.py [--arch 784-800-10] [--batch-size 64] [--checkpoint FILE]
 
 For each fully connected ReL-PSP layer of a freshly initialised network (or of ``--checkpoint``),
-on a real MNIST batch: the sort of the spiking inputs alone, the whole forward kernel, both
+on a real MNIST batch (the layers before it, convolutions included, run untimed): the sort of the spiking inputs alone, the whole forward kernel, both
 weight-gradient kernels (by causal prefixes and by rows, of which the training step takes the
 cheaper) and the input-gradient kernel (as the training step calls it), with the
 number of spiking inputs per sample and nanoseconds per neuron update (forward time / (batch *
@@ -87,7 +87,7 @@ def adam_ms(shape: tuple[int, int], transposed: bool, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="784-800-10", help="a fully connected architecture")
+    parser.add_argument("--arch", default="784-800-10", help="an architecture; its fully connected layers are timed")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--checkpoint", help="time these trained weights instead of a fresh network")
     parser.add_argument("--repeats", type=int, default=30)
@@ -98,9 +98,11 @@ def main() -> None:
     t = model.shape_input(encode(images, 1.0))
     print(f"{args.checkpoint or args.arch}, batch {args.batch_size}, {numba.get_num_threads()} thread(s), medians of {args.repeats} (wall time)")
     for index, layer in enumerate(model.layers):
-        if not isinstance(layer, SpikingLinear):
-            raise SystemExit(f"layer {index} is not fully connected: this script times SpikingLinear layers only")
-        row, t = layer_times(layer, t, args.repeats)
+        if not isinstance(layer, SpikingLinear):  # convolutions and pooling: run, not timed
+            with torch.no_grad():
+                t = layer(t)
+            continue
+        row, t = layer_times(layer, t.flatten(1), args.repeats)
         print(
             f"layer {index} ({layer.in_features}->{layer.out_features}): forward {row['forward_ms']:.2f} ms "
             f"(sort {row['sort_ms']:.2f}), grad weight {row['grad_weight_ms']:.2f} ms by prefixes, {row['grad_weight_rows_ms']:.2f} ms by rows, "

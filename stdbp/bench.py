@@ -231,6 +231,26 @@ print(rss("VmHWM:") - base)
 """
 
 
+def cpu_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:
+    """``cpu_model`` (the processor's model name) and ``cpu_vector`` (its widest vector
+    extension) from ``cpuinfo`` (Linux's ``/proc/cpuinfo``; empty where there is none): the
+    bench's figures hold for that processor."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    vector = next((name for name in ("avx512f", "avx2", "avx", "sse4_2", "asimd") if name in flags), None)
+    described: dict[str, Any] = {}
+    if fields.get("model name"):
+        described["cpu_model"] = fields["model name"]
+    if vector:
+        described["cpu_vector"] = vector
+    return described
+
+
 def tiny_arch(arch: str) -> str:
     """A network of the same kinds of layers as ``arch``, with one channel or neuron per hidden layer."""
     tokens = arch.split("-")
@@ -322,6 +342,7 @@ def run_bench(
             results.append(row)
     machine = {
         "cpu": platform.processor() or platform.machine(),
+        **cpu_description(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from stdbp.bench import relu_network, tiny_arch
+from stdbp.bench import cpu_description, relu_network, tiny_arch
 from stdbp.models import build
 from stdbp.cli import main
 
@@ -23,6 +23,15 @@ def test_bench_json_keys(capsys: pytest.CaptureFixture) -> None:
         assert key in row, key
     assert row["arch"] == "784-20-10" and row["batch_size"] == 8
     assert row["stdbp_step_ms"] > 0 and row["ratio_vs_relu"] == pytest.approx(row["stdbp_step_ms"] / row["relu_step_ms"], rel=1e-2)
+
+
+def test_cpu_description_names_the_model_and_widest_vector_extension(tmp_path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse4_2 avx avx2 avx512f\n\nprocessor\t: 1\nmodel name\t: Some CPU 9000\n")
+    assert cpu_description(info) == {"cpu_model": "Some CPU 9000", "cpu_vector": "avx512f"}
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2\n")
+    assert cpu_description(info) == {"cpu_vector": "avx2"}
+    assert cpu_description(tmp_path / "missing") == {}
 
 
 def test_relu_network_has_the_spiking_shape() -> None:
