@@ -199,7 +199,7 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
         s = np.zeros(n_out, dtype=t_flat.dtype)
         q = np.zeros(n_out, dtype=t_flat.dtype)
         nc = np.zeros(n_out, dtype=t_flat.dtype)  # 0 until the neuron fires
-        latest = np.zeros(h_out * w_out, dtype=t_flat.dtype)  # latest spike of each field, 0 if none
+        latest = np.zeros(h_out * w_out if pool_h == 0 else 0, dtype=t_flat.dtype)  # latest spike of each field, 0 if none
         kbuf = np.zeros(1, dtype=t_flat.dtype)  # casts k to the dtype (zero + k would be float64)
         for k in range(count):
             idx = order[b, k]
@@ -211,7 +211,8 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
             if ox_hi < ox_lo:
                 continue
             for oy in range(oy_lo, oy_hi + 1):
-                latest[oy * w_out + ox_lo : oy * w_out + ox_hi + 1] = t  # spikes come in time order
+                if pool_h == 0:  # the silent neurons' reference time; pooling keeps no silent neuron's state
+                    latest[oy * w_out + ox_lo : oy * w_out + ox_hi + 1] = t  # spikes come in time order
                 w_row = weight_f[c * k_h + y + pad_h - oy * stride_h]
                 for r in range(n_runs):
                     ox = ox_lo + r
