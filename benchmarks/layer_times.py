@@ -4,11 +4,12 @@ Usage: NUMBA_NUM_THREADS=1 python benchmarks/layer_times.py [--arch 784-800-10] 
 
 For each fully connected ReL-PSP layer of a freshly initialised network (or of ``--checkpoint``),
 on a real MNIST batch (the layers before it, convolutions included, run untimed): the sort of
-the spiking inputs alone, the whole forward kernel, both weight-gradient kernels (by causal prefixes and by rows, of which the training step takes the
-cheaper) and the input-gradient kernel (as the training step calls it), with the
-number of spiking inputs per sample and nanoseconds per neuron update (forward time / (batch *
-spiking inputs * neurons)). Then PyTorch's fused Adam on that layer's weights, contiguous and
-transposed. Medians of wall time over repeats, on numba's (and PyTorch's) thread count:
+the spiking inputs alone, the whole forward kernel, both weight-gradient kernels (by causal
+prefixes and by rows, of which the training step takes the cheaper) and the input-gradient
+kernel (as the training step calls it), with the number of spiking inputs per sample and
+nanoseconds per neuron update (forward time / (batch * spiking inputs * neurons)). Then
+PyTorch's fused Adam on that layer's weights, contiguous and transposed. Medians of wall time
+over repeats, on numba's (and PyTorch's) thread count:
 ``NUMBA_NUM_THREADS=1`` for one thread.
 """
 
