@@ -18,25 +18,25 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
+import numba
 import numpy as np
 import torch
-import numba
 from numba import njit, prange
 
-from stdbp.bench import _batches
+from stdbp.bench.step_timing import mnist_batches
 from stdbp.checkpoint import load_model
-from stdbp.kernels import numba_cpu, sort_keys
-from stdbp.layers import SpikingLinear
-from stdbp.models import build
-from stdbp.train import encode
+from stdbp.kernels import numba_linear, numba_linear_backward, sort_keys
+from stdbp.nn.layers import SpikingLinear
+from stdbp.nn.network import build
+from stdbp.training.loop import encode
 
 
 @njit(parallel=True)
 def _sort_only(t_in, keys, order, times, n_spikes):  # pragma: no cover - compiled
     for b in prange(t_in.shape[0]):
-        n_spikes[b] = numba_cpu._sorted_spikes(t_in[b], keys[b], order[b], times[b])
+        n_spikes[b] = numba_linear.sorted_spikes(t_in[b], keys[b], order[b], times[b])
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -58,20 +58,46 @@ def layer_times(layer: SpikingLinear, t_in: torch.Tensor, repeats: int) -> tuple
     order, times = np.empty((batch, n_in), np.int32), np.empty((batch, n_in), np.float32)
     n_spikes = np.empty(batch, np.int32)
     keys = sort_keys(t_np)
-    _, n_chunks = numba_cpu.scan_tasks(n_out, numba.get_num_threads())
-    forward = lambda: numba_cpu.relpsp_linear_forward(t_np, keys, w_t, np.float32(layer.threshold), *outs, order, times, n_spikes, n_chunks)
-    row = {"forward_ms": median_ms(forward, repeats), "sort_ms": median_ms(lambda: _sort_only(t_np, keys, order, times, n_spikes), repeats)}
+    _, n_chunks = numba_linear.scan_tasks(n_out, numba.get_num_threads())
+
+    def forward() -> None:
+        numba_linear.relpsp_linear_forward(
+            t_np, keys, w_t, np.float32(layer.threshold), *outs, order, times, n_spikes, n_chunks
+        )
+
+    row = {
+        "forward_ms": median_ms(forward, repeats),
+        "sort_ms": median_ms(lambda: _sort_only(t_np, keys, order, times, n_spikes), repeats),
+    }
     forward()
     grad_scaled = (np.random.default_rng(0).standard_normal((batch, n_out)) * outs[2]).astype(np.float32)
     grad_w, grad_in = np.zeros_like(w_t), np.zeros((batch, n_in), np.float32)
     threads = numba.get_num_threads()
-    row["grad_weight_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, outs[1], outs[3], order, n_spikes, threads, grad_w), repeats)
-    row["grad_weight_rows_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_weight_rows(t_np, grad_scaled, outs[1], threads, grad_w), repeats)
-    if n_out <= numba_cpu.NARROW:  # as the training step sums it
+    row["grad_weight_ms"] = median_ms(
+        lambda: numba_linear_backward.relpsp_linear_backward_weight(
+            times, grad_scaled, outs[1], outs[3], order, n_spikes, threads, grad_w
+        ),
+        repeats,
+    )
+    row["grad_weight_rows_ms"] = median_ms(
+        lambda: numba_linear_backward.relpsp_linear_backward_weight_rows(t_np, grad_scaled, outs[1], threads, grad_w),
+        repeats,
+    )
+    if n_out <= numba_linear_backward.NARROW:  # as the training step sums it
         weight = np.ascontiguousarray(w_t.T)
-        row["grad_input_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_input_narrow(weight, grad_scaled, outs[3], order, n_spikes, grad_in), repeats)
+        row["grad_input_ms"] = median_ms(
+            lambda: numba_linear_backward.relpsp_linear_backward_input_narrow(
+                weight, grad_scaled, outs[3], order, n_spikes, grad_in
+            ),
+            repeats,
+        )
     else:
-        row["grad_input_ms"] = median_ms(lambda: numba_cpu.relpsp_linear_backward_input(w_t, grad_scaled, outs[3], order, n_spikes, grad_in), repeats)
+        row["grad_input_ms"] = median_ms(
+            lambda: numba_linear_backward.relpsp_linear_backward_input(
+                w_t, grad_scaled, outs[3], order, n_spikes, grad_in
+            ),
+            repeats,
+        )
     row["spiking_inputs_per_sample"] = float(n_spikes.mean())
     row["fired_fraction"] = float(np.isfinite(outs[0]).mean())
     row["ns_per_update"] = 1e6 * row["forward_ms"] / (batch * n_spikes.mean() * n_out)
@@ -95,9 +121,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(numba.get_num_threads())
     model = load_model(args.checkpoint) if args.checkpoint else build(args.arch)
-    images, _ = _batches(args.batch_size, 1)[0]
+    images, _ = mnist_batches(args.batch_size, 1)[0]
     t = model.shape_input(encode(images, 1.0))
-    print(f"{args.checkpoint or args.arch}, batch {args.batch_size}, {numba.get_num_threads()} thread(s), medians of {args.repeats} (wall time)")
+    print(
+        f"{args.checkpoint or args.arch}, batch {args.batch_size}, {numba.get_num_threads()} thread(s), medians of {args.repeats} (wall time)"
+    )
     for index, layer in enumerate(model.layers):
         if not isinstance(layer, SpikingLinear):  # convolutions and pooling: run, not timed
             with torch.no_grad():
@@ -112,7 +140,9 @@ def main() -> None:
             f"{row['ns_per_update']:.2f} ns per neuron update"
         )
         shape = (layer.in_features, layer.out_features)
-        print(f"  fused Adam on its weights: contiguous {adam_ms(shape, False, args.repeats):.2f} ms, transposed {adam_ms(shape, True, args.repeats):.2f} ms")
+        print(
+            f"  fused Adam on its weights: contiguous {adam_ms(shape, False, args.repeats):.2f} ms, transposed {adam_ms(shape, True, args.repeats):.2f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Usage: python benchmarks/scan_floor.py [--arch 28x28-6C5-P2-16C5-P2-1024-128-10]
 
 Takes the first fully connected layer of a freshly initialised network (the layers before it
 run once to make its input from a real MNIST batch) and times, per batch, on numba's thread
-count: the layer's forward kernel as the training step runs it (``numba_cpu.relpsp_linear_forward``:
+count: the layer's forward kernel as the training step runs it (``numba_linear.relpsp_linear_forward``:
 sort, scan, outputs); the same sort and loops with the scan's threshold test removed (every
 input accumulated into ``s``, ``r`` and the count, as for a neuron that never fires, which a
 freshly initialised hidden neuron nearly is); and with only one add per weight (the weight rows
@@ -20,15 +20,14 @@ import argparse
 import numba
 import numpy as np
 import torch
+from layer_times import median_ms  # benchmarks/ is the script's directory, so on sys.path
 from numba import njit, prange
 
-from stdbp.bench import _batches
-from stdbp.kernels import numba_cpu, sort_keys
-from stdbp.layers import SpikingLinear
-from stdbp.models import build
-from stdbp.train import encode
-
-from layer_times import median_ms  # benchmarks/ is the script's directory, so on sys.path
+from stdbp.bench.step_timing import mnist_batches
+from stdbp.kernels import numba_linear, sort_keys
+from stdbp.nn.layers import SpikingLinear
+from stdbp.nn.network import build
+from stdbp.training.loop import encode
 
 
 @njit(nogil=True, fastmath={"contract"})
@@ -55,7 +54,7 @@ def _accumulate_only(times, order, count, weight_t, s, r, n, stream_only):  # pr
 def _variant_forward(t_in, keys, weight_t, order, times, n_spikes, s_out, stream_only):  # pragma: no cover - compiled
     """Sort every sample's spikes as the forward kernel does, then run :func:`_accumulate_only` per sample."""
     for b in prange(t_in.shape[0]):
-        n_spikes[b] = numba_cpu._sorted_spikes(t_in[b], keys[b], order[b], times[b])
+        n_spikes[b] = numba_linear.sorted_spikes(t_in[b], keys[b], order[b], times[b])
     for b in prange(t_in.shape[0]):
         width = weight_t.shape[1]
         s = np.zeros(width, dtype=t_in.dtype)
@@ -73,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model = build(args.arch)
-    images, _ = _batches(args.batch_size, 1)[0]
+    images, _ = mnist_batches(args.batch_size, 1)[0]
     t = model.shape_input(encode(images, 1.0))
     with torch.no_grad():
         for layer in model.layers:
@@ -88,13 +87,19 @@ def main() -> None:
     order, times = np.empty((batch, n_in), np.int32), np.empty((batch, n_in), np.float32)
     n_spikes = np.empty(batch, np.int32)
     outs = [np.empty((batch, n_out), np.float32) for _ in range(4)]
-    _, n_chunks = numba_cpu.scan_tasks(n_out, numba.get_num_threads())
+    _, n_chunks = numba_linear.scan_tasks(n_out, numba.get_num_threads())
     rows = {
-        "full scan (the forward kernel)": lambda: numba_cpu.relpsp_linear_forward(t_np, keys, w_t, np.float32(layer.threshold), *outs, order, times, n_spikes, n_chunks),
+        "full scan (the forward kernel)": lambda: numba_linear.relpsp_linear_forward(
+            t_np, keys, w_t, np.float32(layer.threshold), *outs, order, times, n_spikes, n_chunks
+        ),
         "without the threshold test": lambda: _variant_forward(t_np, keys, w_t, order, times, n_spikes, outs[0], False),
-        "weight rows streamed, one add each": lambda: _variant_forward(t_np, keys, w_t, order, times, n_spikes, outs[0], True),
+        "weight rows streamed, one add each": lambda: _variant_forward(
+            t_np, keys, w_t, order, times, n_spikes, outs[0], True
+        ),
     }
-    print(f"{args.arch}, layer {layer.in_features}->{layer.out_features}, batch {batch}, {numba.get_num_threads()} thread(s), medians of {args.repeats} (ms)")
+    print(
+        f"{args.arch}, layer {layer.in_features}->{layer.out_features}, batch {batch}, {numba.get_num_threads()} thread(s), medians of {args.repeats} (ms)"
+    )
     for name, fn in rows.items():
         print(f"  {name:36s} {median_ms(fn, args.repeats):6.2f}")
     print(f"  spiking inputs per sample: {n_spikes.mean():.0f}")

@@ -3,7 +3,7 @@
 Usage: python benchmarks/step_breakdown.py [--arch 784-800-10] [--batch-size 64] [--steps 200]
 
 Runs ``--steps`` training steps of a freshly initialised network on real MNIST batches (as
-``stdbp bench`` does: ``stdbp.fused.loss_and_backward``, then fused Adam) and, interleaved, of the
+``stdbp bench`` does: ``stdbp.training.step.loss_and_backward``, then fused Adam) and, interleaved, of the
 same-shape ReLU network, and reports per step the median wall time of: the whole step; the
 forward and backward numba kernels (each call timed, summed per step); the Adam update; and
 what is left (the loss, Python, tensor conversions). The kernels' sum plus Adam is a floor
@@ -16,16 +16,16 @@ import argparse
 import statistics
 import time
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from stdbp.bench import _batches, relu_network
-from stdbp.fused import loss_and_backward
-from stdbp.kernels import numba_conv, numba_cpu, numba_pool, numba_stack
-from stdbp.models import build
-from stdbp.train import encode
+from stdbp.bench.step_timing import mnist_batches, relu_network
+from stdbp.kernels import numba_conv, numba_linear, numba_linear_backward, numba_pool, numba_stack
+from stdbp.nn.network import build
+from stdbp.training.loop import encode
+from stdbp.training.step import loss_and_backward
 
 KERNELS = {
     "forward": [
@@ -33,18 +33,18 @@ KERNELS = {
         (numba_conv, "weight_layout"),
         (numba_conv, "relpsp_conv2d_forward"),
         (numba_pool, "pool_forward"),
-        (numba_cpu, "relpsp_linear_forward"),
+        (numba_linear, "relpsp_linear_forward"),
     ],
     "backward": [
         (numba_stack, "scale_gradient"),
         (numba_stack, "abs_max"),
         (numba_stack, "input_gradient"),
         (numba_stack, "weight_gradient_correction"),
-        (numba_cpu, "relpsp_linear_backward_weight"),
-        (numba_cpu, "relpsp_linear_backward_weight_rows"),
-        (numba_cpu, "relpsp_linear_backward_input"),
-        (numba_cpu, "relpsp_linear_backward_input_narrow"),
-        (numba_cpu, "saturate_"),
+        (numba_linear_backward, "relpsp_linear_backward_weight"),
+        (numba_linear_backward, "relpsp_linear_backward_weight_rows"),
+        (numba_linear_backward, "relpsp_linear_backward_input"),
+        (numba_linear_backward, "relpsp_linear_backward_input_narrow"),
+        (numba_linear, "saturate_"),
         (numba_conv, "relpsp_conv2d_backward"),
         (numba_conv, "weight_gradient"),
         (numba_pool, "pool_backward"),
@@ -75,10 +75,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
 
-    batches = _batches(args.batch_size, 8)
+    batches = mnist_batches(args.batch_size, 8)
     spatial = "x" in args.arch.split("-")[0]
     coded = [(encode(images, 1.0), labels) for images, labels in batches]
-    floats = [((images.float() / 255).unsqueeze(1) if spatial else (images.float() / 255).flatten(1), labels) for images, labels in batches]
+    floats = [
+        ((images.float() / 255).unsqueeze(1) if spatial else (images.float() / 255).flatten(1), labels)
+        for images, labels in batches
+    ]
     torch.manual_seed(0)
     model, relu = build(args.arch), relu_network(args.arch)
     adam = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
@@ -118,10 +121,16 @@ def main() -> None:
     for i in range(args.steps):
         stdbp_step(i)
         relu_step(i)
-    print(f"{args.arch}, batch {args.batch_size}, fresh network, medians of {args.steps} steps (ms), {torch.get_num_threads()} threads")
+    print(
+        f"{args.arch}, batch {args.batch_size}, fresh network, medians of {args.steps} steps (ms), {torch.get_num_threads()} threads"
+    )
     for name, values in rows.items():
         print(f"  {name:18s} {1000 * statistics.median(values):7.2f}")
-    floor = statistics.median(rows["forward kernels"]) + statistics.median(rows["backward kernels"]) + statistics.median(rows["Adam"])
+    floor = (
+        statistics.median(rows["forward kernels"])
+        + statistics.median(rows["backward kernels"])
+        + statistics.median(rows["Adam"])
+    )
     print(f"  kernels + Adam     {1000 * floor:7.2f}  ({floor / statistics.median(rows['ReLU step']):.2f} ReLU steps)")
 
 

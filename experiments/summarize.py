@@ -15,15 +15,30 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-
 #: options that are part of a run's recipe, with the defaults of `stdbp train`
-RECIPE = {"batch_size": 64, "lr": 0.001, "schedule": "cosine", "tau": 0.05, "threshold": 1.0, "t_max": 1.0, "jitter": 0.02, "shift": 1, "rotate": 0.0, "scale": 0.0}
+RECIPE = {
+    "batch_size": 64,
+    "lr": 0.001,
+    "schedule": "cosine",
+    "tau": 0.05,
+    "threshold": 1.0,
+    "t_max": 1.0,
+    "jitter": 0.02,
+    "shift": 1,
+    "rotate": 0.0,
+    "scale": 0.0,
+}
 
 
 def recipe_flags(config: dict) -> str:
     """The `stdbp train` flags of the options that differ from the defaults, e.g. ``--shift 2``."""
-    flags = [f"--{key.replace('_', '-')} {config[key]:g}" if isinstance(config[key], float) else f"--{key.replace('_', '-')} {config[key]}"
-             for key, default in RECIPE.items() if config.get(key, default) != default]
+    flags = [
+        f"--{key.replace('_', '-')} {config[key]:g}"
+        if isinstance(config[key], float)
+        else f"--{key.replace('_', '-')} {config[key]}"
+        for key, default in RECIPE.items()
+        if config.get(key, default) != default
+    ]
     return " ".join(flags)
 
 
@@ -35,7 +50,9 @@ def load_runs(roots: list[Path]) -> dict[tuple[str, str, int, str], list[dict]]:
             rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             if not rows or rows[-1]["epoch"] != config["epochs"]:
                 continue  # unfinished
-            groups[(config["dataset"], config["arch"], config["epochs"], recipe_flags(config))].append({"config": config, "rows": rows, "dir": metrics.parent})
+            groups[(config["dataset"], config["arch"], config["epochs"], recipe_flags(config))].append(
+                {"config": config, "rows": rows, "dir": metrics.parent}
+            )
     return groups
 
 
@@ -58,7 +75,9 @@ def command(config: dict, run_dir: Path) -> str:
 
 def main(argv: list[str]) -> int:
     roots = [Path(a) for a in argv] or [Path("results/table1")]
-    print("| dataset | network | seeds | test accuracy % (mean ± std) | min-max % | epochs | wall time per run | s/epoch | non-finite steps | command |")
+    print(
+        "| dataset | network | seeds | test accuracy % (mean ± std) | min-max % | epochs | wall time per run | s/epoch | non-finite steps | command |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (dataset, arch, _, _), runs in sorted(load_runs(roots).items()):
         accs = [100 * run["rows"][-1]["test_accuracy"] for run in runs]
@@ -71,7 +90,8 @@ def main(argv: list[str]) -> int:
         if len(runs) > 1:
             cmd = cmd.replace(f"--seed {runs[0]['config']['seed']}", "--seed S")
         print(
-            f"| {dataset} | {arch} | {seeds} | {statistics.mean(accs):.2f}" + (f" ± {std:.2f}" if len(accs) > 1 else " (1 seed)")
+            f"| {dataset} | {arch} | {seeds} | {statistics.mean(accs):.2f}"
+            + (f" ± {std:.2f}" if len(accs) > 1 else " (1 seed)")
             + f" | {min(accs):.2f}-{max(accs):.2f} | "
             f"{epochs} | {statistics.mean(walls) / 60:.1f} min | {statistics.mean(walls) / epochs:.1f} | {nonfinite} | `{cmd}` |"
         )

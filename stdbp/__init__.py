@@ -9,10 +9,9 @@ import logging
 from . import functional
 from .encoding import latency_encode
 from .errors import StdbpError
-from .layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
-from .models import SpikingNetwork, build, parse_arch
+from .nn import EarliestSpikePool2d, SpikingConv2d, SpikingLinear, SpikingNetwork, build, parse_arch
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "functional",
     "latency_encode",

@@ -17,11 +17,20 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .models import SpikingNetwork, build
+from .nn.network import SpikingNetwork, build
 
 FORMAT_VERSION = 1
 
-__all__ = ["FORMAT_VERSION", "atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint", "load_model"]
+__all__ = [
+    "FORMAT_VERSION",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "default_pretrained_dir",
+    "load_checkpoint",
+    "load_model",
+    "pretrained_checkpoint",
+    "save_checkpoint",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -61,7 +70,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable stdbp checkpoint ({type(exc).__name__}); it may be truncated or corrupt") from None
+        raise CheckpointError(
+            f"{path} is not a readable stdbp checkpoint ({type(exc).__name__}); it may be truncated or corrupt"
+        ) from None
     if not isinstance(payload, dict) or "format_version" not in payload or "model" not in payload:
         raise CheckpointError(f"{path} is not a stdbp checkpoint (no format_version/model entries)")
     if payload["format_version"] != FORMAT_VERSION:
@@ -82,7 +93,9 @@ def load_model(path: str | os.PathLike, arch: str | None = None) -> SpikingNetwo
     payload = load_checkpoint(path)
     config = payload["model"]
     if arch is not None and config.get("arch") != arch:
-        raise CheckpointError(f"{path} holds architecture {config.get('arch')!r}, not {arch!r}; pass a matching --arch or checkpoint")
+        raise CheckpointError(
+            f"{path} holds architecture {config.get('arch')!r}, not {arch!r}; pass a matching --arch or checkpoint"
+        )
     model = build(**config)
     try:
         model.load_state_dict(payload["state_dict"])
@@ -90,3 +103,16 @@ def load_model(path: str | os.PathLike, arch: str | None = None) -> SpikingNetwo
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit architecture {config.get('arch')!r} ({first})") from None
     return model
+
+
+def default_pretrained_dir() -> Path | None:
+    """``./pretrained`` (the repository's shipped networks, when run from a checkout) if it is a
+    directory, else ``None``; commands that use shipped networks take ``--pretrained DIR``."""
+    candidate = Path("pretrained")
+    return candidate if candidate.is_dir() else None
+
+
+def pretrained_checkpoint(directory: str | os.PathLike | None, arch: str, dataset: str = "mnist") -> Path | None:
+    """``directory/DATASET-ARCH.pt`` if it is a file, else ``None``."""
+    path = None if directory is None else Path(directory) / f"{dataset}-{arch}.pt"
+    return path if path is not None and path.is_file() else None

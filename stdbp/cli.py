@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
 from .errors import StdbpError
+from .version import __version__
 
 EXIT_USAGE = 2
 
@@ -36,10 +36,12 @@ def _config_file(path: str) -> dict:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .train import TrainConfig
+    from .training.loop import TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="train a spiking network", description="Train a spiking network with exact spike-time gradients.")
+    p = sub.add_parser(
+        "train", help="train a spiking network", description="Train a spiking network with exact spike-time gradients."
+    )
     g = p.add_argument_group("model and data")
     g.add_argument("--arch", help=f"architecture in the paper's notation (default {d.arch})")
     g.add_argument("--dataset", help=f"mnist or fashion-mnist (default {d.dataset})")
@@ -59,17 +61,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     g.add_argument("--train-limit", type=int, help="train on the first N training images only")
     g = p.add_argument_group("run directory")
-    g.add_argument("--out", help="run directory (default runs/DATASET-ARCH-seedSEED)")
+    g.add_argument(
+        "--out", help="run directory (default runs/DATASET-ARCH-seedSEED, or -2, -3, ... after it if that holds a run)"
+    )
     g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     g.add_argument("--force", action="store_true", help="overwrite a run directory that holds a run")
-    g.add_argument("--checkpoint-every", type=int, help=f"steps between periodic checkpoints (default {d.checkpoint_every})")
+    g.add_argument(
+        "--checkpoint-every", type=int, help=f"steps between periodic checkpoints (default {d.checkpoint_every})"
+    )
     g.add_argument("--config", help="TOML or JSON file of options; command-line flags override it")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, TrainingInterrupted, resume_config, train
+    from .training.loop import TrainConfig, TrainingInterrupted, fresh_run_dir, resume_config, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -77,7 +83,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         base = dataclasses.asdict(resume_config(args.resume))
         unknown = set(given) - {"epochs"}
         if unknown:
-            raise StdbpError(f"--resume continues the saved configuration; only --epochs may change, not {', '.join(sorted(unknown))}")
+            raise StdbpError(
+                f"--resume continues the saved configuration; only --epochs may change, not {', '.join(sorted(unknown))}"
+            )
         out = Path(args.resume)
     else:
         base = _config_file(args.config) if args.config else {}
@@ -88,14 +96,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(**{**base, **given})
     config.validate()
     if not args.resume:
-        out = Path(args.out or f"runs/{config.dataset}-{config.arch}-seed{config.seed}")
+        out = Path(args.out) if args.out else fresh_run_dir(f"runs/{config.dataset}-{config.arch}-seed{config.seed}")
     start = time.perf_counter()
     try:
-        last = train(config, out, resume=bool(args.resume), force=args.force, progress=not args.no_progress and sys.stderr.isatty())
+        last = train(
+            config,
+            out,
+            resume=bool(args.resume),
+            force=args.force,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
     except TrainingInterrupted as exc:
         print(f"stdbp: {exc}", file=sys.stderr)
         return 128 + exc.signum
-    print(f"test accuracy {100 * last['test_accuracy']:.2f}% after {last['epoch']} epochs ({time.perf_counter() - start:.0f} s); run in {out}")
+    print(
+        f"test accuracy {100 * last['test_accuracy']:.2f}% after {last['epoch']} epochs ({time.perf_counter() - start:.0f} s); run in {out}"
+    )
     return 0
 
 
@@ -111,8 +127,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, load_model
-    from .data import load_dataset
-    from .train import evaluate
+    from .training.data import load_dataset
+    from .training.loop import evaluate
 
     payload = load_checkpoint(args.checkpoint)
     trained = payload.get("config", {})
@@ -122,23 +138,36 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     test = load_dataset(dataset, args.data_dir, splits=("test",))["test"]
     model.shape_input(test.images[:1].unsqueeze(1).float())
     result = evaluate(model, test, t_max=trained.get("t_max", 1.0), progress=not args.json and sys.stderr.isatty())
-    report = {"accuracy": result["accuracy"], "dataset": dataset, "arch": model.arch, "n": result["n"], "silent": result["silent"], "checkpoint": str(args.checkpoint)}
+    report = {
+        "accuracy": result["accuracy"],
+        "dataset": dataset,
+        "arch": model.arch,
+        "n": result["n"],
+        "silent": result["silent"],
+        "checkpoint": str(args.checkpoint),
+    }
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{model.arch} on {dataset}: test accuracy {100 * result['accuracy']:.2f}% ({result['correct']}/{result['n']}, {result['silent']} undecided)")
+        print(
+            f"{model.arch} on {dataset}: test accuracy {100 * result['accuracy']:.2f}% ({result['correct']}/{result['n']}, {result['silent']} undecided)"
+        )
     return 0
 
 
 def _add_download(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("download", help="download a dataset with checksums", description="Download MNIST or Fashion-MNIST IDX files, verifying checksums.")
+    p = sub.add_parser(
+        "download",
+        help="download a dataset with checksums",
+        description="Download MNIST or Fashion-MNIST IDX files, verifying checksums.",
+    )
     p.add_argument("dataset", choices=["mnist", "fashion-mnist"])
     p.add_argument("--out", required=True, help="directory to write the files to")
     p.set_defaults(func=_cmd_download)
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .data import download
+    from .training.data import download
 
     path = download(args.dataset, args.out)
     print(f"{args.dataset} in {path}; use it with --data-dir {path}")
@@ -146,33 +175,66 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="time a training step against ReLU and snnTorch", description=(
-        "Time one training step (forward, loss, backward, Adam) of stdbp, the same-shape ReLU network and, if installed, "
-        "snnTorch, interleaved on real MNIST batches; medians after warm-up. Peak memory in a fresh process each."))
-    p.add_argument("--arch", nargs="+", help="architectures (default: 784-800-10 and the paper's convolutional network)")
+    p = sub.add_parser(
+        "bench",
+        help="time a training step against ReLU and snnTorch",
+        description=(
+            "Time one training step (forward, loss, backward, Adam) of stdbp, the same-shape ReLU network and, if installed, "
+            "snnTorch, interleaved on real MNIST batches; medians after warm-up. Peak memory in a fresh process each."
+        ),
+    )
+    p.add_argument(
+        "--arch", nargs="+", help="architectures (default: 784-800-10 and the paper's convolutional network)"
+    )
     p.add_argument("--batch-size", nargs="+", type=int, default=[64, 128], help="batch sizes (default 64 128)")
     p.add_argument("--repeats", type=int, default=60, help="timed steps per configuration (default 60)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
     p.add_argument("--snn-steps", nargs="*", type=int, default=[25, 100], help="snnTorch time steps (default 25 100)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
-    p.add_argument("--default-malloc", action="store_true", help=(
-        "probe memory under glibc's default allocator settings (the figure then depends on what the process freed before; "
-        "by default every block of 64 KiB or more is mapped on its own: MALLOC_MMAP_THRESHOLD_=65536)"))
-    p.add_argument("--no-trained", action="store_true", help="skip the step from the shipped trained network (pretrained/mnist-ARCH.pt)")
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help=(
+            "probe memory under glibc's default allocator settings (the figure then depends on what the process freed before; "
+            "by default every block of 64 KiB or more is mapped on its own: MALLOC_MMAP_THRESHOLD_=65536)"
+        ),
+    )
+    p.add_argument(
+        "--no-trained",
+        action="store_true",
+        help="skip the step from the shipped trained network (PRETRAINED/mnist-ARCH.pt)",
+    )
+    p.add_argument(
+        "--pretrained",
+        metavar="DIR",
+        help="directory of trained mnist-ARCH.pt networks (default ./pretrained where it exists)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import DEFAULT_ARCHS, run_bench
-    from .models import parse_arch
+    from .bench.step_timing import DEFAULT_ARCHS, run_bench
+    from .nn.network import parse_arch
 
     archs = tuple(args.arch or DEFAULT_ARCHS)
     for arch in archs:
         parse_arch(arch)
     if args.repeats < 1 or args.warmup < 0 or any(b < 1 for b in args.batch_size):
         raise StdbpError("--repeats and --batch-size must be at least 1, --warmup at least 0")
-    report = run_bench(archs, tuple(args.batch_size), args.warmup, args.repeats, not args.no_memory, tuple(args.snn_steps), not args.no_trained, args.default_malloc)
+    if args.pretrained is not None and not Path(args.pretrained).is_dir():
+        raise StdbpError(f"--pretrained {args.pretrained} is not a directory")
+    report = run_bench(
+        archs,
+        tuple(args.batch_size),
+        args.warmup,
+        args.repeats,
+        not args.no_memory,
+        tuple(args.snn_steps),
+        not args.no_trained,
+        args.default_malloc,
+        args.pretrained,
+    )
     if args.json:
         print(json.dumps(report))
         return 0
@@ -184,7 +246,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stdbp", description="Deep spiking networks trained by exact spike-time backpropagation.")
+    parser = argparse.ArgumentParser(
+        prog="stdbp", description="Deep spiking networks trained by exact spike-time backpropagation."
+    )
     parser.add_argument("--version", action="version", version=f"stdbp {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -192,13 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_download(sub)
     _add_bench(sub)
-    from .compare_psp import add_parser as _add_compare_psp
+    from .paper.psp_comparison import add_parser as _add_compare_psp
 
     _add_compare_psp(sub)
-    from .analysis import add_parser as _add_analyze
+    from .paper.analysis import add_parser as _add_analyze
 
     _add_analyze(sub)
-    from .reproduce import add_parser as _add_reproduce
+    from .paper.reproduce import add_parser as _add_reproduce
 
     _add_reproduce(sub)
     return parser

@@ -8,7 +8,9 @@ from torch import Tensor
 __all__ = ["latency_encode"]
 
 
-def latency_encode(images: Tensor, t_max: float = 1.0, zero_spikes: bool = False, dtype: torch.dtype = torch.float32) -> Tensor:
+def latency_encode(
+    images: Tensor, t_max: float = 1.0, zero_spikes: bool = False, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Spike times ``t = t_max * (1 - x)`` for intensities ``x`` in [0, 1].
 
     Args:

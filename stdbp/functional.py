@@ -29,6 +29,7 @@ from .kernels import (
     relpsp_linear_kernel,
     relpsp_linear_stack_kernel,
 )
+from .validation import check_spike_times, pair, pool_pairs
 
 __all__ = [
     "relpsp_linear",
@@ -42,15 +43,6 @@ __all__ = [
 ]
 
 
-def check_spike_times(t: Tensor, name: str = "t_in") -> None:
-    """Raise ``ValueError`` unless every entry of ``t`` is a time ``>= 0`` or ``+inf``."""
-    if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor of spike times, got {t.dtype}")
-    if t.numel() and not bool(t.min() >= 0):  # min is NaN if any entry is: one reduction checks both
-        bad = "NaN" if bool(torch.isnan(t).any()) else "negative"
-        raise ValueError(f"{name} contains {bad} spike times; times must be >= 0, or +inf for no spike")
-
-
 def _check_dtypes_threshold(t_in: Tensor, weight: Tensor, threshold: float) -> None:
     """The checks that every ReL-PSP layer function makes after its shape checks. The input
     times are checked by the kernel dispatch (``stdbp.kernels``), by the numba kernels as they
@@ -61,7 +53,9 @@ def _check_dtypes_threshold(t_in: Tensor, weight: Tensor, threshold: float) -> N
         raise ValueError(f"threshold must be a positive finite number, got {threshold}")
 
 
-def relpsp_linear(t_in: Tensor, weight: Tensor, threshold: float = 1.0, backend: str | None = None) -> Tensor:
+def relpsp_linear(
+    t_in: Tensor, weight: Tensor, threshold: float = 1.0, backend: str | None = None, backward: str = "auto"
+) -> Tensor:
     """First-spike times of a layer of ReL-PSP neurons (eq. 12), differentiable by eqs. 14-15.
 
     Args:
@@ -69,6 +63,8 @@ def relpsp_linear(t_in: Tensor, weight: Tensor, threshold: float = 1.0, backend:
         weight: ``(N_out, N_in)`` synaptic weights, as in :func:`torch.nn.functional.linear`.
         threshold: firing threshold :math:`\\vartheta > 0`.
         backend: kernel to use (``"numba"``, ``"reference"``); default by device.
+        backward: how the numba kernel sums eq. 14 (``stdbp.kernels.BACKWARD_METHODS``):
+            ``"auto"`` picks the cheapest; the others exist to test and time each sum.
 
     Returns:
         ``(B, N_out)`` output spike times, ``+inf`` where a neuron never reaches threshold.
@@ -88,7 +84,7 @@ def relpsp_linear(t_in: Tensor, weight: Tensor, threshold: float = 1.0, backend:
             f"(weight is (out_features, in_features) = {tuple(weight.shape)})"
         )
     _check_dtypes_threshold(t_in, weight, threshold)
-    return relpsp_linear_kernel(t_in, weight, float(threshold), backend)  # checks the times
+    return relpsp_linear_kernel(t_in, weight, float(threshold), backend, backward)  # checks the times
 
 
 def relpsp_linear_stack(
@@ -96,6 +92,7 @@ def relpsp_linear_stack(
     weights: Sequence[Tensor],
     thresholds: float | Sequence[float] = 1.0,
     backend: str | None = None,
+    backward: str = "auto",
 ) -> Tensor:
     """Fully connected ReL-PSP layers one after another: ``relpsp_linear`` applied for each weight.
 
@@ -103,7 +100,7 @@ def relpsp_linear_stack(
         t_in: ``(B, N_0)`` input spike times, ``+inf`` for no spike. float32 or float64.
         weights: ``L`` weight matrices, ``weights[l]`` ``(N_{l+1}, N_l)``.
         thresholds: one threshold for every layer, or one per layer.
-        backend: as for :func:`relpsp_linear`.
+        backend, backward: as for :func:`relpsp_linear` (``backward`` also for eq. 15).
 
     Returns:
         ``(B, N_L)`` spike times of the last layer.
@@ -118,7 +115,9 @@ def relpsp_linear_stack(
     weights = list(weights)
     if not weights:
         raise ValueError("relpsp_linear_stack needs at least one weight matrix")
-    thresholds = [float(thresholds)] * len(weights) if isinstance(thresholds, (int, float)) else [float(th) for th in thresholds]
+    thresholds = (
+        [float(thresholds)] * len(weights) if isinstance(thresholds, (int, float)) else [float(th) for th in thresholds]
+    )
     if len(thresholds) != len(weights):
         raise ValueError(f"got {len(thresholds)} thresholds for {len(weights)} layers")
     if t_in.dim() != 2 or any(w.dim() != 2 for w in weights):
@@ -129,26 +128,24 @@ def relpsp_linear_stack(
     features = t_in.shape[1]
     for index, weight in enumerate(weights):
         if weight.shape[1] != features:
-            raise ValueError(f"shape mismatch: weights[{index}] {tuple(weight.shape)} expects {weight.shape[1]} inputs, the layer below gives {features}")
+            raise ValueError(
+                f"shape mismatch: weights[{index}] {tuple(weight.shape)} expects {weight.shape[1]} inputs, the layer below gives {features}"
+            )
         if weight.dtype != t_in.dtype:
-            raise ValueError(f"t_in and weights must have one dtype, got {t_in.dtype} and {weight.dtype} (weights[{index}])")
+            raise ValueError(
+                f"t_in and weights must have one dtype, got {t_in.dtype} and {weight.dtype} (weights[{index}])"
+            )
         if not (thresholds[index] > 0 and thresholds[index] < float("inf")):
             raise ValueError(f"threshold must be a positive finite number, got {thresholds[index]} (layer {index})")
         features = weight.shape[0]
     if t_in.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"t_in and weights must be float32 or float64, got {t_in.dtype}")
-    return relpsp_linear_stack_kernel(t_in, weights, thresholds, backend)  # checks the times
+    return relpsp_linear_stack_kernel(t_in, weights, thresholds, backend, backward)  # checks the times
 
 
-def _pair(value: int | tuple[int, int], name: str, minimum: int) -> tuple[int, int]:
-    """``value`` as an ``(H, W)`` pair of ints ``>= minimum``, as the ``int or tuple`` arguments of ``conv2d``."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in pair):
-        raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
-def _conv_args(t_in: Tensor, weight: Tensor, threshold: float, stride: int | tuple[int, int], padding: int | tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+def _conv_args(
+    t_in: Tensor, weight: Tensor, threshold: float, stride: int | tuple[int, int], padding: int | tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """Check the arguments of :func:`relpsp_conv2d`; return stride and padding as ``(H, W)`` pairs."""
     if t_in.dim() != 4 or weight.dim() != 4:
         raise ValueError(
@@ -161,23 +158,19 @@ def _conv_args(t_in: Tensor, weight: Tensor, threshold: float, stride: int | tup
             f"(weight is (out_channels, in_channels, kH, kW) = {tuple(weight.shape)})"
         )
     _check_dtypes_threshold(t_in, weight, threshold)
-    stride_hw = _pair(stride, "stride", 1)
-    padding_hw = _pair(padding, "padding", 0)
+    stride_hw = pair(stride, "stride", 1)
+    padding_hw = pair(padding, "padding", 0)
     for axis, size, kernel, pad in zip(("height", "width"), t_in.shape[2:], weight.shape[2:], padding_hw):
         if kernel < 1 or size + 2 * pad < kernel:
             raise ValueError(f"kernel {kernel} does not fit the input {axis} {size} with padding {pad}")
     return stride_hw, padding_hw
 
 
-def _pool_pairs(kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
-    """A pooling window and its stride (default: the window) as ``(H, W)`` pairs."""
-    kernel_hw = _pair(kernel_size, "kernel_size", 1)
-    return kernel_hw, kernel_hw if stride is None else _pair(stride, "stride", 1)
-
-
-def _pool_args(shape: Sequence[int], kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
+def _pool_args(
+    shape: Sequence[int], kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """Check a pooling window against a ``(B, C, H, W)`` input ``shape``; return window and stride as pairs."""
-    kernel_hw, stride_hw = _pool_pairs(kernel_size, stride)
+    kernel_hw, stride_hw = pool_pairs(kernel_size, stride)
     for axis, size, kernel in zip(("height", "width"), shape[2:], kernel_hw):
         if size < kernel:
             raise ValueError(f"pooling window {kernel} does not fit the input {axis} {size}")
@@ -241,7 +234,9 @@ def earliest_spike_pool2d(
     ``max_pool2d`` chooses); a window without spikes passes no gradient.
     """
     if t_in.dim() != 4:
-        raise ValueError(f"earliest_spike_pool2d expects t_in (batch, channels, height, width), got shape {tuple(t_in.shape)}")
+        raise ValueError(
+            f"earliest_spike_pool2d expects t_in (batch, channels, height, width), got shape {tuple(t_in.shape)}"
+        )
     kernel_hw, stride_hw = _pool_args(t_in.shape, kernel_size, stride)
     if not t_in.is_floating_point():
         raise ValueError(f"t_in must be a floating-point tensor of spike times, got {t_in.dtype}")
@@ -306,7 +301,9 @@ def first_spike_cross_entropy(
     if tau <= 0:
         raise ValueError(f"tau must be positive, got {tau}")
     if t_out.dim() != 2 or labels.shape != t_out.shape[:1]:
-        raise ValueError(f"expected t_out (batch, classes) and labels (batch,), got {tuple(t_out.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected t_out (batch, classes) and labels (batch,), got {tuple(t_out.shape)} and {tuple(labels.shape)}"
+        )
     logits = -_finite_output_times(t_out, silent_time, tau) / tau
     return F.cross_entropy(logits, labels, reduction=reduction)
 
@@ -337,10 +334,19 @@ def relpsp_conv2d_pool(
     The same spike times and gradients as the two calls, bit for bit. With the numba backend it
     is one kernel call per pass: each sample's convolution output is pooled while it is in cache
     and never stored whole, and the pooling's gradient is scattered inside the convolution's
-    backward kernel. :class:`stdbp.models.SpikingNetwork` uses it for every convolution followed
+    backward kernel. :class:`stdbp.nn.SpikingNetwork` uses it for every convolution followed
     by pooling (``6C5-P2``).
     """
     stride_hw, padding_hw = _conv_args(t_in, weight, threshold, stride, padding)
-    out_shape = (t_in.shape[0], weight.shape[0], *(conv_output_size(size, k, st, pad) for size, k, st, pad in zip(t_in.shape[2:], weight.shape[2:], stride_hw, padding_hw)))
+    out_shape = (
+        t_in.shape[0],
+        weight.shape[0],
+        *(
+            conv_output_size(size, k, st, pad)
+            for size, k, st, pad in zip(t_in.shape[2:], weight.shape[2:], stride_hw, padding_hw)
+        ),
+    )
     kernel_hw, pool_stride_hw = _pool_args(out_shape, pool_size, pool_stride)
-    return relpsp_conv2d_pool_kernel(t_in, weight, float(threshold), stride_hw, padding_hw, kernel_hw, pool_stride_hw, backend)  # checks the times
+    return relpsp_conv2d_pool_kernel(
+        t_in, weight, float(threshold), stride_hw, padding_hw, kernel_hw, pool_stride_hw, backend
+    )  # checks the times

@@ -23,8 +23,9 @@ def relpsp_brute_force(t_in: np.ndarray, weight: np.ndarray, threshold: float) -
         times, w = t_in[b, spikes], weight[:, spikes]  # (K,), (N_out, K)
         grid = np.unique(times)
         for j in range(weight.shape[0]):
-            def potential(t: float) -> float:
-                return float(np.sum(w[j] * np.maximum(0.0, t - times)))
+
+            def potential(t: float, w_j: np.ndarray = w[j], times: np.ndarray = times) -> float:
+                return float(np.sum(w_j * np.maximum(0.0, t - times)))
 
             for k in range(1, len(grid) + 1):
                 start = grid[k - 1]
@@ -58,7 +59,9 @@ def random_case(
     return torch.tensor(t, dtype=dtype), torch.tensor(w, dtype=dtype)
 
 
-def relpsp_conv2d_brute_force(t: np.ndarray, w: np.ndarray, threshold: float, stride: tuple[int, int], padding: tuple[int, int]) -> np.ndarray:
+def relpsp_conv2d_brute_force(
+    t: np.ndarray, w: np.ndarray, threshold: float, stride: tuple[int, int], padding: tuple[int, int]
+) -> np.ndarray:
     """First threshold crossing of V(t) = sum w max(0, t - t_i) over each explicit receptive field, in float64.
 
     V is evaluated at every distinct input time of the field; on the segment after ``u_k`` it

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-import stdbp.compare_psp as compare_module
-from stdbp.alpha_psp import AlphaSpikingLinear, alpha_psp_linear, membrane_potential, membrane_slope
+import stdbp.paper.psp_comparison as compare_module
+from stdbp.alpha_psp import alpha_psp_linear, membrane_potential, membrane_slope
 from stdbp.errors import StdbpError
 from stdbp.functional import relpsp_linear
+from stdbp.nn import AlphaSpikingLinear
 
 INF = math.inf
 
@@ -31,7 +32,9 @@ def _v(t: np.ndarray, t_in: np.ndarray, w: np.ndarray, tau: float) -> np.ndarray
     return (w[finite] * _eps(np.subtract.outer(t, t_in[finite]), tau)).sum(axis=-1)
 
 
-def brute_force_crossing(t_in: np.ndarray, w: np.ndarray, threshold: float, tau: float, points: int = 200_001) -> tuple[float, float]:
+def brute_force_crossing(
+    t_in: np.ndarray, w: np.ndarray, threshold: float, tau: float, points: int = 200_001
+) -> tuple[float, float]:
     """First grid time with V >= threshold, refined by bisection on V; also the largest V on the grid."""
     finite = t_in[np.isfinite(t_in)]
     end = (finite.max() if finite.size else 0.0) + 12.0 * tau
@@ -60,7 +63,9 @@ def _random_layer(seed: int, batch: int = 6, n_in: int = 7, n_out: int = 5, offs
     return t_in, weight
 
 
-@pytest.mark.parametrize("seed, tau, offset", [(0, 1.0, 0.0), (1, 0.5, 0.0), (2, 2.0, 0.0), (3, 0.3, 0.0), (4, 0.1, 100.0)])
+@pytest.mark.parametrize(
+    "seed, tau, offset", [(0, 1.0, 0.0), (1, 0.5, 0.0), (2, 2.0, 0.0), (3, 0.3, 0.0), (4, 0.1, 100.0)]
+)
 def test_crossing_matches_dense_grid(seed: int, tau: float, offset: float) -> None:
     # offset 100 with tau 0.1 puts exp(t_i / tau) = e^1000 out of float64 range: the kernel must not care.
     t_in, weight = _random_layer(seed, offset=offset)
@@ -121,7 +126,9 @@ def test_spikeprop_gradient_matches_finite_differences(seed: int, tau: float) ->
             f_plus = loss(t_in, plus) if name == "weight" else loss(plus, weight)
             f_minus = loss(t_in, minus) if name == "weight" else loss(minus, weight)
             numeric[index] = (f_plus - f_minus) / (2 * h)
-        torch.testing.assert_close(torch.where(torch.isfinite(base), grad, numeric), numeric, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(
+            torch.where(torch.isfinite(base), grad, numeric), numeric, rtol=1e-5, atol=1e-7, msg=name
+        )
     assert bool((t_var.grad[torch.isinf(t_in)] == 0).all())  # silent inputs get no gradient
 
 
@@ -188,8 +195,10 @@ def test_membrane_potential_closed_forms() -> None:
         slope = membrane_slope(times.t(), t_in, w.expand(3, 3), kernel, tau)[0]
         for k in range(2):
             tk = float(times[k])
-            fd = (membrane_potential(torch.tensor([tk + 1e-6], dtype=torch.float64), t_in, w, kernel, tau)
-                  - membrane_potential(torch.tensor([tk - 1e-6], dtype=torch.float64), t_in, w, kernel, tau)) / 2e-6
+            fd = (
+                membrane_potential(torch.tensor([tk + 1e-6], dtype=torch.float64), t_in, w, kernel, tau)
+                - membrane_potential(torch.tensor([tk - 1e-6], dtype=torch.float64), t_in, w, kernel, tau)
+            ) / 2e-6
             assert float(slope[k]) == pytest.approx(float(fd), rel=1e-6)
         assert math.isnan(slope[2])
 
@@ -242,6 +251,7 @@ def test_relpsp_without_silent_gradient() -> None:
     assert bool((grads[True][1] == 0).all()) and torch.equal(grads[True][0], grads[False][0])
 
 
+@pytest.mark.slow
 def test_compare_psp_end_to_end(tmp_path, monkeypatch, capsys) -> None:
     small = functools.partial(compare_module.compare_psp, test_limit=200, heldout=100)
     monkeypatch.setattr(compare_module, "compare_psp", small)
@@ -254,8 +264,25 @@ def test_compare_psp_end_to_end(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(compare_module.F, "first_spike_cross_entropy", every_other_loss_nan)
     parser = argparse.ArgumentParser(prog="stdbp")
     compare_module.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["compare-psp", "--arch", "784-40-10", "--epochs", "1", "--batch-size", "64",
-                              "--train-limit", "256", "--seed", "3", "--out", str(tmp_path), "--json", "--no-progress"])
+    args = parser.parse_args(
+        [
+            "compare-psp",
+            "--arch",
+            "784-40-10",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--train-limit",
+            "256",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--json",
+            "--no-progress",
+        ]
+    )
     assert args.func(args) == 0
     final = json.loads(capsys.readouterr().out)
     assert set(final["final"]) == {"relpsp", "alpha"}
@@ -265,11 +292,22 @@ def test_compare_psp_end_to_end(tmp_path, monkeypatch, capsys) -> None:
         run = result["kernels"][kernel]
         assert [row["epoch"] for row in run["history"]] == [0, 1]
         last = run["history"][-1]
-        for key in ("test_accuracy", "dead_share", "silent_fraction", "dtdv", "dtdv_effective", "grad_norm", "nonfinite_steps", "train_loss"):
+        for key in (
+            "test_accuracy",
+            "dead_share",
+            "silent_fraction",
+            "dtdv",
+            "dtdv_effective",
+            "grad_norm",
+            "nonfinite_steps",
+            "train_loss",
+        ):
             assert key in last, key
         assert set(last["dtdv"]) >= {"p50", "p90", "p99", "max", "n", "n_nonfinite"}
         assert 0.0 <= last["dead_share"] <= 1.0 and 0.0 <= last["test_accuracy"] <= 1.0
-        assert len(run["grad_norms"]) == len(run["train_losses"]) == len(run["train_undecided"]) == 4  # ceil(256 / 64) steps
+        assert (
+            len(run["grad_norms"]) == len(run["train_losses"]) == len(run["train_undecided"]) == 4
+        )  # ceil(256 / 64) steps
         assert 0.0 <= last["output_dead_share"] <= 1.0
         assert last["nonfinite_steps"] == 2 and run["grad_norms"].count(None) == 2  # counted, and skipped
     traces = result["traces"]
@@ -277,4 +315,8 @@ def test_compare_psp_end_to_end(tmp_path, monkeypatch, capsys) -> None:
     for path in result["figures"]:
         with open(path, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert {p.name for p in tmp_path.glob("*.png")} == {"compare_psp_traces.png", "compare_psp_curves.png", "compare_psp_distributions.png"}
+    assert {p.name for p in tmp_path.glob("*.png")} == {
+        "compare_psp_traces.png",
+        "compare_psp_curves.png",
+        "compare_psp_distributions.png",
+    }

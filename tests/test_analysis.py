@@ -11,17 +11,23 @@ import pytest
 import torch
 
 from stdbp import build
-from stdbp.analysis import analyze, dense_macs
 from stdbp.checkpoint import load_model, save_checkpoint
 from stdbp.cli import main
-from stdbp.data import Split, load_dataset
 from stdbp.encoding import latency_encode
-from stdbp.events import event_network, simulate
 from stdbp.functional import first_spike_decision
-from stdbp.layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
-from stdbp.train import TrainConfig, train
+from stdbp.nn.layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
+from stdbp.paper.analysis import analyze, dense_macs
+from stdbp.sim.events import event_network, simulate
+from stdbp.training.data import Split, load_dataset
+from stdbp.training.loop import TrainConfig, train
 
-REQUIRED = ("hidden_fired_fraction", "hidden_fired_before_decision_fraction", "synops_per_image", "dense_macs_per_image", "accuracy")
+REQUIRED = (
+    "hidden_fired_fraction",
+    "hidden_fired_before_decision_fraction",
+    "synops_per_image",
+    "dense_macs_per_image",
+    "accuracy",
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,13 @@ def test_synops_equal_dense_macs_when_everything_fires() -> None:
     """
     model = build("1x8x8-3C3-P2-4C2-5-3")  # replaced below: 1x8x8 -> 3x6x6 -> 3x5x5 -> 4x6x6 -> 5 -> 3
     model.layers = torch.nn.ModuleList(
-        [SpikingConv2d(1, 3, 3), EarliestSpikePool2d(2, stride=1), SpikingConv2d(3, 4, 2, padding=1), SpikingLinear(144, 5), SpikingLinear(5, 3)]
+        [
+            SpikingConv2d(1, 3, 3),
+            EarliestSpikePool2d(2, stride=1),
+            SpikingConv2d(3, 4, 2, padding=1),
+            SpikingLinear(144, 5),
+            SpikingLinear(5, 3),
+        ]
     )
     with torch.no_grad():
         for layer in model.layers:
@@ -70,7 +82,11 @@ def test_numbers_match_the_tensor_forward(checkpoint: Path, test_split: Split) -
     result = analyze(model, test_split)
     times = model.forward_all(latency_encode(test_split.images, dtype=torch.float64).reshape(len(test_split), -1))
     hidden, out = times[1].detach(), times[2].detach()
-    t_dec = torch.where(torch.isfinite(out).any(dim=1), out.min(dim=1).values, torch.full((len(test_split),), math.inf, dtype=torch.float64))
+    t_dec = torch.where(
+        torch.isfinite(out).any(dim=1),
+        out.min(dim=1).values,
+        torch.full((len(test_split),), math.inf, dtype=torch.float64),
+    )
     assert result["hidden_fired_fraction"] == pytest.approx(float(torch.isfinite(hidden).double().mean()), abs=1e-12)
     before = float((hidden < t_dec[:, None]).double().mean())
     assert result["hidden_fired_before_decision_fraction"] == pytest.approx(before, abs=1e-12)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stdbp.augment import affine_transform, jitter_times, random_affine, random_shift
+from stdbp.training.augment import affine_transform, jitter_times, random_affine, random_shift
 
 
 def test_affine_quarter_turn_is_rot90_counter_clockwise():
@@ -17,7 +17,9 @@ def test_affine_quarter_turn_is_rot90_counter_clockwise():
 def test_affine_identity_and_half_turn():
     images = torch.rand(2, 9, 9)
     torch.testing.assert_close(affine_transform(images, torch.zeros(2), torch.ones(2)), images, atol=1e-6, rtol=0)
-    torch.testing.assert_close(affine_transform(images, torch.full((2,), math.pi), torch.ones(2)), images.flip(1, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        affine_transform(images, torch.full((2,), math.pi), torch.ones(2)), images.flip(1, 2), atol=1e-5, rtol=0
+    )
 
 
 def test_affine_scale_enlarges_about_the_centre():

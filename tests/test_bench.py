@@ -7,27 +7,53 @@ import json
 import pytest
 import torch
 
-from stdbp.bench import cpu_description, relu_network, tiny_arch
-from stdbp.models import build
+from stdbp.bench.step_timing import cpu_description, relu_network, tiny_arch
 from stdbp.cli import main
+from stdbp.nn.network import build
 
 
+@pytest.mark.slow
 def test_bench_json_keys(capsys: pytest.CaptureFixture) -> None:
-    argv = ["bench", "--arch", "784-20-10", "--batch-size", "8", "--repeats", "3", "--warmup", "1", "--snn-steps", "--json"]
+    argv = [
+        "bench",
+        "--arch",
+        "784-20-10",
+        "--batch-size",
+        "8",
+        "--repeats",
+        "3",
+        "--warmup",
+        "1",
+        "--snn-steps",
+        "--json",
+    ]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["machine"]["cores"] >= 1
     assert report["memory_probe"] == "MALLOC_MMAP_THRESHOLD_=65536"
     (row,) = report["results"]
-    for key in ("arch", "batch_size", "stdbp_step_ms", "relu_step_ms", "ratio_vs_relu", "stdbp_peak_mib", "relu_peak_mib", "memory_ratio_vs_relu"):
+    for key in (
+        "arch",
+        "batch_size",
+        "stdbp_step_ms",
+        "relu_step_ms",
+        "ratio_vs_relu",
+        "stdbp_peak_mib",
+        "relu_peak_mib",
+        "memory_ratio_vs_relu",
+    ):
         assert key in row, key
     assert row["arch"] == "784-20-10" and row["batch_size"] == 8
-    assert row["stdbp_step_ms"] > 0 and row["ratio_vs_relu"] == pytest.approx(row["stdbp_step_ms"] / row["relu_step_ms"], rel=1e-2)
+    assert row["stdbp_step_ms"] > 0 and row["ratio_vs_relu"] == pytest.approx(
+        row["stdbp_step_ms"] / row["relu_step_ms"], rel=1e-2
+    )
 
 
 def test_cpu_description_names_the_model_and_widest_vector_extension(tmp_path) -> None:
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse4_2 avx avx2 avx512f\n\nprocessor\t: 1\nmodel name\t: Some CPU 9000\n")
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse4_2 avx avx2 avx512f\n\nprocessor\t: 1\nmodel name\t: Some CPU 9000\n"
+    )
     assert cpu_description(info) == {"cpu_model": "Some CPU 9000", "cpu_vector": "avx512f"}
     info.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2\n")
     assert cpu_description(info) == {"cpu_vector": "avx2"}
@@ -56,11 +82,25 @@ def test_tiny_arch_has_the_same_layer_kinds() -> None:
     assert tiny_arch("28x28-6C5-P2-16C5-P2-1024-128-10") == "28x28-1C5-P2-1C5-P2-1-1-10"
 
 
+@pytest.mark.slow
 def test_bench_times_the_shipped_trained_network_too(capsys: pytest.CaptureFixture) -> None:
-    from stdbp.bench import shipped_checkpoint
+    from stdbp.bench.step_timing import shipped_checkpoint
 
     assert shipped_checkpoint("784-800-10") is not None and shipped_checkpoint("784-7-10") is None
-    argv = ["bench", "--arch", "784-800-10", "--batch-size", "4", "--repeats", "2", "--warmup", "1", "--snn-steps", "--no-memory", "--json"]
+    argv = [
+        "bench",
+        "--arch",
+        "784-800-10",
+        "--batch-size",
+        "4",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--snn-steps",
+        "--no-memory",
+        "--json",
+    ]
     assert main(argv) == 0
     (row,) = json.loads(capsys.readouterr().out)["results"]
     assert row["trained_checkpoint"] == "pretrained/mnist-784-800-10.pt"
@@ -74,7 +114,7 @@ def test_memory_probe_sets_the_allocator(monkeypatch: pytest.MonkeyPatch) -> Non
     """Probes run with PROBE_MALLOC whatever the caller's environment; --default-malloc leaves glibc's defaults."""
     from types import SimpleNamespace
 
-    from stdbp import bench
+    from stdbp.bench import step_timing as bench
 
     seen = []
 

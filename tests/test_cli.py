@@ -12,7 +12,7 @@ import torch
 
 from stdbp.checkpoint import FORMAT_VERSION, load_model, save_checkpoint
 from stdbp.cli import main
-from stdbp.models import build
+from stdbp.nn.network import build
 
 QUICK = ["--train-limit", "256", "--batch-size", "64", "--no-progress"]
 
@@ -83,14 +83,18 @@ def test_refuses_to_overwrite_a_run(run_dir: Path, capsys: pytest.CaptureFixture
         (["eval", "/nonexistent/model.pt"], "no checkpoint"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_input_is_one_line_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     if argv[0] == "train":
         argv = [*argv, "--out", str(tmp_path / "x"), *QUICK]
     assert message in _error(capsys, argv)
 
 
 def test_data_dir_without_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert "missing data file" in _error(capsys, ["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x"), *QUICK])
+    assert "missing data file" in _error(
+        capsys, ["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x"), *QUICK]
+    )
 
 
 def test_checkpoint_errors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -116,11 +120,49 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert torch.equal(model(t), loaded(t))
 
 
+@pytest.mark.slow
 def test_console_script_exit_status_and_no_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "stdbp.cli", "train", "--arch", "784-x-10", "--out", str(tmp_path / "x")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_train_without_out_never_overwrites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The README's first command, run again and again in one folder: each run gets a fresh directory."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--arch", "784-20-10", "--epochs", "1", *QUICK]
+    for _ in range(3):
+        assert main(argv) == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["mnist-784-20-10-seed0", "mnist-784-20-10-seed0-2", "mnist-784-20-10-seed0-3"]
+    assert all((tmp_path / "runs" / name / "model.pt").is_file() for name in runs)
+    assert "run in runs/mnist-784-20-10-seed0-3" in capsys.readouterr().out
+    # an explicit --out that holds a run still needs --force
+    assert main([*argv, "--out", "runs/mnist-784-20-10-seed0"]) == 2
+
+
+def test_first_run_says_it_compiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import stdbp.training.loop as loop
+
+    monkeypatch.setattr(loop, "numba_cache_ready", lambda: False)
+    assert main(["train", "--arch", "784-20-10", "--epochs", "1", "--out", str(tmp_path / "r"), *QUICK]) == 0
+    err = capsys.readouterr().err
+    assert "compiling the numba kernels" in err and "kernels compiled" in err
+    monkeypatch.setattr(loop, "numba_cache_ready", lambda: True)
+    assert main(["train", "--arch", "784-20-10", "--epochs", "1", "--out", str(tmp_path / "s"), *QUICK]) == 0
+    assert "compiling" not in capsys.readouterr().err
+
+
+def test_numba_cache_is_found_after_a_step() -> None:
+    from stdbp import build, latency_encode
+    from stdbp.kernels import numba_cache_ready
+    from stdbp.training import loss_and_backward
+
+    images = torch.rand(4, 1, 28, 28)
+    loss_and_backward(build("28x28-2C5-P2-12-10"), latency_encode(images), torch.arange(4), tau=0.05)
+    assert numba_cache_ready()  # numba has cached every kernel module of a step beside the modules

@@ -18,7 +18,7 @@ import torch
 import stdbp
 from stdbp import functional as F
 from stdbp.errors import ArchitectureError
-from stdbp.layers import EarliestSpikePool2d, SpikingConv2d
+from stdbp.nn.layers import EarliestSpikePool2d, SpikingConv2d
 
 from .oracles import relpsp_conv2d_brute_force
 
@@ -29,7 +29,13 @@ GEOMETRIES = [(1, 0), (2, 1), (1, 1), (2, 0), ((1, 2), (0, 1))]
 
 
 def _case(
-    seed: int, dtype: torch.dtype, batch: int = 3, c_in: int = 2, size: tuple[int, int] = (9, 8), c_out: int = 4, kernel: int = 3
+    seed: int,
+    dtype: torch.dtype,
+    batch: int = 3,
+    c_in: int = 2,
+    size: tuple[int, int] = (9, 8),
+    c_out: int = 4,
+    kernel: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random times with ties (a 0.1 grid on half the inputs), silent inputs, one silent sample; mixed-sign weights."""
     g = torch.Generator().manual_seed(seed)
@@ -39,7 +45,10 @@ def _case(
     t[torch.rand(t.shape, generator=g) < 0.3] = INF
     t[-1] = INF  # a sample without any spike
     fan_in = c_in * kernel * kernel
-    w = torch.randn(c_out, c_in, kernel, kernel, generator=g, dtype=torch.float64) * (2.0 / math.sqrt(fan_in)) + 3.0 / fan_in
+    w = (
+        torch.randn(c_out, c_in, kernel, kernel, generator=g, dtype=torch.float64) * (2.0 / math.sqrt(fan_in))
+        + 3.0 / fan_in
+    )
     return t.to(dtype), w.to(dtype)
 
 
@@ -56,7 +65,11 @@ def test_numba_matches_reference(dtype, stride, padding):
         w.requires_grad_(True)
         fast = F.relpsp_conv2d(t, w, 1.0, stride, padding, backend="numba")
         ref = F.relpsp_conv2d(t, w, 1.0, stride, padding, backend="reference")
-        assert fast.shape == ref.shape == torch.nn.functional.conv2d(t.detach(), w.detach(), stride=stride, padding=padding).shape
+        assert (
+            fast.shape
+            == ref.shape
+            == torch.nn.functional.conv2d(t.detach(), w.detach(), stride=stride, padding=padding).shape
+        )
         fired = torch.isfinite(ref)
         assert torch.equal(torch.isfinite(fast), fired)
         assert 0.2 < fired.float().mean() < 0.9  # the cases exercise both firing and silent neurons
@@ -74,7 +87,9 @@ def test_numba_matches_reference(dtype, stride, padding):
         assert (grads_fast[0][torch.isinf(t.detach())] == 0).all()  # silent inputs get no gradient
         # An input that needs no gradient (a first layer's) skips it: the weight gradient is the same.
         w_only = w.detach().clone().requires_grad_(True)
-        (grad_w_only,) = torch.autograd.grad(F.relpsp_conv2d(t.detach(), w_only, 1.0, stride, padding, backend="numba"), w_only, g)
+        (grad_w_only,) = torch.autograd.grad(
+            F.relpsp_conv2d(t.detach(), w_only, 1.0, stride, padding, backend="numba"), w_only, g
+        )
         assert torch.equal(grad_w_only, grads_fast[1])
 
 
@@ -114,7 +129,9 @@ def _well_separated_case(stride: int, padding: int) -> tuple[torch.Tensor, torch
         t = 0.05 + 0.9 * torch.rand(2, 2, 6, 5, generator=g, dtype=torch.float64)
         w = 0.1 + 0.4 * torch.rand(3, 2, 3, 3, generator=g, dtype=torch.float64)
         out = F.relpsp_conv2d(t, w, 1.0, stride, padding, backend="reference")
-        fields = torch.nn.functional.unfold(torch.nn.functional.pad(t, (padding,) * 4, value=INF), 3, stride=stride)  # (B, 18, L)
+        fields = torch.nn.functional.unfold(
+            torch.nn.functional.pad(t, (padding,) * 4, value=INF), 3, stride=stride
+        )  # (B, 18, L)
         gap = (fields.unsqueeze(1) - out.flatten(2).unsqueeze(2)).abs()  # (B, C_out, 18, L)
         if torch.isfinite(out).all() and gap.min() > 1e-4:
             return t, w
@@ -249,7 +266,16 @@ def test_build_paper_conv_network():
     t_in = torch.rand(2, 1, 28, 28)
     t_in[t_in < 0.6] = INF
     shapes = [tuple(t.shape) for t in model.forward_all(t_in)]
-    assert shapes == [(2, 1, 28, 28), (2, 6, 24, 24), (2, 6, 12, 12), (2, 16, 8, 8), (2, 16, 4, 4), (2, 1024), (2, 128), (2, 10)]
+    assert shapes == [
+        (2, 1, 28, 28),
+        (2, 6, 24, 24),
+        (2, 6, 12, 12),
+        (2, 16, 8, 8),
+        (2, 16, 4, 4),
+        (2, 1024),
+        (2, 128),
+        (2, 10),
+    ]
     out = model(t_in)
     torch.testing.assert_close(model(t_in.reshape(2, 784)), out, rtol=0, atol=0)
     F.first_spike_cross_entropy(out, torch.tensor([3, 7]), tau=0.05).backward()

@@ -15,7 +15,9 @@ from .test_conv import _case
 POOLS = [(2, None), (3, None), (3, 2), ((2, 3), (1, 2))]
 
 
-def _both(t: torch.Tensor, w: torch.Tensor, stride, padding, pool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _both(
+    t: torch.Tensor, w: torch.Tensor, stride, padding, pool, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Output and (input, weight) gradients of the fused call and of conv then pool, for one output gradient."""
     results = []
     for fused in (True, False):
@@ -23,7 +25,9 @@ def _both(t: torch.Tensor, w: torch.Tensor, stride, padding, pool, backend: str)
         if fused:
             out = F.relpsp_conv2d_pool(x, weight, 1.0, stride, padding, *pool, backend=backend)
         else:
-            out = F.earliest_spike_pool2d(F.relpsp_conv2d(x, weight, 1.0, stride, padding, backend=backend), *pool, backend=backend)
+            out = F.earliest_spike_pool2d(
+                F.relpsp_conv2d(x, weight, 1.0, stride, padding, backend=backend), *pool, backend=backend
+            )
         g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=t.dtype)
         grad_t, grad_w = torch.autograd.grad(out, (x, weight), g_out)
         results.append((out, grad_t, grad_w))
@@ -128,7 +132,7 @@ def test_pooled_convolution_keeps_only_each_windows_earliest_neuron():
     and a second backward pass through the same graph gives the same gradients."""
     from types import SimpleNamespace
 
-    from stdbp.kernels.numba_autograd import RelpspConv2dNumba
+    from stdbp.kernels.numba_autograd_conv import RelpspConv2dNumba
 
     t, w = _case(6, torch.float32, batch=3, size=(12, 12), c_out=6)
     ctx = SimpleNamespace(needs_input_grad=(True, True))
@@ -138,7 +142,9 @@ def test_pooled_convolution_keeps_only_each_windows_earliest_neuron():
     for state in (argmin, anchor, inv_slope, n_causal):
         assert state.shape == (3, 6 * 5 * 5)
     fired = torch.from_numpy(argmin >= 0)
-    assert torch.equal(torch.from_numpy(anchor)[fired], pooled.reshape(3, -1)[fired])  # a winner's anchor is its spike time
+    assert torch.equal(
+        torch.from_numpy(anchor)[fired], pooled.reshape(3, -1)[fired]
+    )  # a winner's anchor is its spike time
     weight = w.clone().requires_grad_(True)
     out = F.relpsp_conv2d_pool(t.clone().requires_grad_(True), weight, pool_size=2)
     g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stdbp import data
 from stdbp.errors import DataError
+from stdbp.training import data
 
-MNIST = Path(data.__file__).parent / "datasets" / "mnist"
+MNIST = data.DATASETS["mnist"].default_dir
 
 
 def _idx(array: np.ndarray, code: int = 0x08) -> bytes:

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from stdbp import build
-from stdbp.data import load_dataset
 from stdbp.encoding import latency_encode
-from stdbp.events import event_network, simulate
 from stdbp.functional import first_spike_decision
-from stdbp.layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
-from stdbp.models import SpikingNetwork
-from stdbp.train import TrainConfig, train
+from stdbp.nn.layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
+from stdbp.nn.network import SpikingNetwork
+from stdbp.sim.events import event_network, simulate
+from stdbp.training.data import load_dataset
+from stdbp.training.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_stop_at_decision(trained_fc: SpikingNetwork, mnist_test: torch.Tensor) 
     np.testing.assert_array_equal(stopped.decision_time, full.decision_time)
     np.testing.assert_array_equal(stopped.synops_total, full.synops_to_decision)
     assert (stopped.synops_total.sum(axis=1) <= full.synops_total.sum(axis=1)).all()
-    assert (stopped.synops_total.sum() < full.synops_total.sum())
+    assert stopped.synops_total.sum() < full.synops_total.sum()
     before = full.spike_times[1] < full.decision_time[:, None]
     np.testing.assert_array_equal(stopped.spike_times[1], np.where(before, full.spike_times[1], math.inf))
     assert (np.isfinite(stopped.spike_times[2]).sum(axis=1) == (full.decision >= 0)).all()  # the deciding neuron only
@@ -169,7 +169,9 @@ def test_decision_ties_go_to_the_lowest_class() -> None:
     model = build("4-3-5").double()
     with torch.no_grad():
         model.layers[0].weight.fill_(1.0)
-        model.layers[1].weight.copy_(torch.tensor([[0.1] * 3, [0.5] * 3, [0.2] * 3, [0.5] * 3, [0.5] * 3], dtype=torch.float64))
+        model.layers[1].weight.copy_(
+            torch.tensor([[0.1] * 3, [0.5] * 3, [0.2] * 3, [0.5] * 3, [0.5] * 3], dtype=torch.float64)
+        )
     t_in = torch.tensor([[0.0, 0.25, 0.5, math.inf]], dtype=torch.float64)
     result = simulate(model, t_in)
     assert result.decision.tolist() == [1]

@@ -1,26 +1,39 @@
-"""``stdbp.fused.loss_and_backward`` against ``loss.backward()`` through autograd: the same output
+"""``stdbp.training.step.loss_and_backward`` against ``loss.backward()`` through autograd: the same output
 times bit for bit, the same loss and parameter gradients to float rounding (the loss is computed
 by its own numba kernel, checked here against ``first_spike_cross_entropy`` and autograd), for
 every kind of network it runs, and the autograd path itself where it cannot run."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import stdbp
 from stdbp.functional import first_spike_cross_entropy
-from stdbp.fused import _loss_and_gradient, _plan, loss_and_backward
-from stdbp.train import encode
+from stdbp.training.loop import encode
+from stdbp.training.step import _loss_and_gradient, _plan, loss_and_backward
 
-ARCHS = ["30-12-5", "30-12", "30-20-12-5", "12x12-3C3-P2-8-4", "12x12-3C3-4C3-P2-6", "12x12-3C3-P2-2C2-5", "1x12x12-2C3-P3-P1-4-3"]
+ARCHS = [
+    "30-12-5",
+    "30-12",
+    "30-20-12-5",
+    "12x12-3C3-P2-8-4",
+    "12x12-3C3-4C3-P2-6",
+    "12x12-3C3-P2-2C2-5",
+    "1x12x12-2C3-P3-P1-4-3",
+]
 
 
 def _batch(arch: str, seed: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, int]:
     spec = stdbp.parse_arch(arch)
     g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (6, *spec[0].shape[-2:]) if len(spec[0].shape) == 3 else (6, spec[0].size), generator=g, dtype=torch.uint8)
+    images = torch.randint(
+        0,
+        256,
+        (6, *spec[0].shape[-2:]) if len(spec[0].shape) == 3 else (6, spec[0].size),
+        generator=g,
+        dtype=torch.uint8,
+    )
     images[images < 120] = 0  # dark pixels: silent inputs
     t_in = encode(images, 1.0).to(dtype)
     return t_in, torch.randint(0, spec[-1].size, (6,), generator=g), spec[-1].size
@@ -74,7 +87,9 @@ def test_fused_step_on_the_paper_networks() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("silent_time", [None, 3.0])
 @pytest.mark.parametrize("tau", [0.05, 1.0])
-def test_loss_kernel_matches_first_spike_cross_entropy(dtype: torch.dtype, silent_time: float | None, tau: float) -> None:
+def test_loss_kernel_matches_first_spike_cross_entropy(
+    dtype: torch.dtype, silent_time: float | None, tau: float
+) -> None:
     g = torch.Generator().manual_seed(0)
     t = torch.rand(40, 10, generator=g, dtype=dtype) * 2
     t[t > 1.6] = float("inf")  # silent outputs, targets among them

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stdbp import functional as F
-from stdbp.kernels import SILENT_HORIZON, numba_autograd, numba_cpu, relpsp_linear_reference, sort_keys
+from stdbp.kernels import SILENT_HORIZON, numba_linear, numba_linear_backward, relpsp_linear_reference, sort_keys
 
 from .oracles import random_case, relpsp_brute_force
 
@@ -62,25 +62,27 @@ def test_numba_matches_reference_forward_and_gradients(dtype: torch.dtype, seed:
 @pytest.mark.parametrize("mode", ["prefix", "rows"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed", range(3))
-def test_both_weight_gradient_kernels_match_reference(monkeypatch, mode: str, dtype: torch.dtype, seed: int) -> None:
+def test_both_weight_gradient_kernels_match_reference(mode: str, dtype: torch.dtype, seed: int) -> None:
     """Eq. 14 summed over causal prefixes and over all pairs (``relpsp_linear_backward_weight``,
     ``relpsp_linear_backward_weight_rows``): the reference's gradients, with ties, silent inputs,
     a silent sample and silent neurons, and more than eight rows with a remainder."""
-    monkeypatch.setattr(numba_autograd, "_STACK_BACKWARD", mode)
     rng = np.random.default_rng(300 + seed)
     t, w = random_case(rng, batch=7, n_in=43, n_out=19, dtype=dtype)
     grad_out = torch.tensor(rng.normal(size=(7, 19)), dtype=dtype)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
-    out, _, gw = _assert_backends_agree(t, w, 0.8, grad_out, tol)
+    out, _, gw = _assert_backends_agree(t, w, 0.8, grad_out, tol, backward=mode)
     assert torch.isinf(out).any() and torch.isfinite(out).any() and gw.abs().max() > 0
 
 
-def _assert_backends_agree(t: torch.Tensor, w: torch.Tensor, threshold: float, grad_out: torch.Tensor, tol: dict) -> tuple[torch.Tensor, ...]:
-    """Output times and both gradients of the numba kernel against the reference; returns numba's."""
+def _assert_backends_agree(
+    t: torch.Tensor, w: torch.Tensor, threshold: float, grad_out: torch.Tensor, tol: dict, backward: str = "auto"
+) -> tuple[torch.Tensor, ...]:
+    """Output times and both gradients of the numba kernel (summing eq. 14 by ``backward``)
+    against the reference; returns numba's."""
     results = []
     for backend in BACKENDS:
         ti, wi = t.clone().requires_grad_(), w.clone().requires_grad_()
-        out = F.relpsp_linear(ti, wi, threshold, backend=backend)
+        out = F.relpsp_linear(ti, wi, threshold, backend=backend, backward=backward)
         out.backward(grad_out)
         results.append((out.detach(), ti.grad, wi.grad))
     (o1, gt1, gw1), (o2, gt2, gw2) = results
@@ -99,7 +101,7 @@ def test_wide_layer_with_early_and_late_firing_matches_reference() -> None:
     t[0, :40], t[0, 40:] = 0.0, 1.0 + torch.rand(261, dtype=t.dtype)  # 40 inputs at 0: all fire before 1
     t[1:, :40] = float("inf")
     w[:, :40] = w[:, :40].abs() + 0.1
-    assert numba_cpu.scan_tasks(1100, 1)[0] == 2
+    assert numba_linear.scan_tasks(1100, 1)[0] == 2
     grad_out = torch.tensor(rng.normal(size=(4, 1100)))
     o1, _, _ = _assert_backends_agree(t, w, 1.0, grad_out, dict(rtol=1e-10, atol=1e-10))
     assert torch.isfinite(o1[0]).all() and (o1[0] < 1.0).all()
@@ -108,9 +110,9 @@ def test_wide_layer_with_early_and_late_firing_matches_reference() -> None:
 
 @pytest.mark.parametrize("n_out", [1, 7, 8, 9, 1024, 1025, 2049, 5000])
 def test_scan_blocks_cover_the_layer(n_out: int) -> None:
-    width = numba_cpu.block_width(n_out)
-    n_blocks, _ = numba_cpu.scan_tasks(n_out, 2)
-    assert width % 8 == 0 and width <= max(8, numba_cpu.BLOCK)
+    width = numba_linear.block_width(n_out)
+    n_blocks, _ = numba_linear.scan_tasks(n_out, 2)
+    assert width % 8 == 0 and width <= max(8, numba_linear.BLOCK)
     assert (n_blocks - 1) * width < n_out <= n_blocks * width
 
 
@@ -129,16 +131,16 @@ def _gradcheck_case(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("backend", [*BACKENDS, "numba-rows"])
 @pytest.mark.parametrize("seed", range(4))
-def test_gradcheck(monkeypatch, backend: str, seed: int) -> None:
-    if backend == "numba-rows":  # eq. 14 by numba_cpu.relpsp_linear_backward_weight_rows
-        monkeypatch.setattr(numba_autograd, "_STACK_BACKWARD", "rows")
-        backend = "numba"
+def test_gradcheck(backend: str, seed: int) -> None:
+    backward = "auto"
+    if backend == "numba-rows":  # eq. 14 by numba_linear_backward.relpsp_linear_backward_weight_rows
+        backend, backward = "numba", "rows"
     t, w = _gradcheck_case(seed)
     finite = torch.isfinite(t)
 
     def f(t_finite: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         full = torch.full_like(t, float("inf")).masked_scatter(finite, t_finite)
-        return F.relpsp_linear(full, weight, 1.0, backend=backend)
+        return F.relpsp_linear(full, weight, 1.0, backend=backend, backward=backward)
 
     t_finite = t[finite].clone().requires_grad_()
     assert torch.autograd.gradcheck(f, (t_finite, w.clone().requires_grad_()), eps=1e-6, atol=1e-6)
@@ -186,8 +188,7 @@ def test_silent_target_gets_push_to_fire() -> None:
 
 
 @pytest.mark.parametrize("mode", ["prefix", "rows"])
-def test_no_nan_in_gradients_under_degenerate_inputs(monkeypatch, mode: str) -> None:
-    monkeypatch.setattr(numba_autograd, "_STACK_BACKWARD", mode)
+def test_no_nan_in_gradients_under_degenerate_inputs(mode: str) -> None:
     rng = np.random.default_rng(7)
     cases = [
         (torch.full((3, 5), float("inf"), dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)),
@@ -198,7 +199,7 @@ def test_no_nan_in_gradients_under_degenerate_inputs(monkeypatch, mode: str) -> 
     for t, w in cases:
         for backend in BACKENDS:
             ti, wi = t.clone().requires_grad_(), w.clone().requires_grad_()
-            out = F.relpsp_linear(ti, wi, 1.0, backend=backend)
+            out = F.relpsp_linear(ti, wi, 1.0, backend=backend, backward=mode)
             loss = F.first_spike_cross_entropy(out, torch.zeros(3, dtype=torch.long), tau=0.05)
             loss.backward()
             assert torch.isfinite(loss)
@@ -235,41 +236,44 @@ def test_bad_threshold_and_backend() -> None:
 
 @pytest.mark.parametrize("mode", ["prefix", "rows"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_overflowing_gradients_saturate_on_every_backend(monkeypatch, mode: str, dtype: torch.dtype) -> None:
+def test_overflowing_gradients_saturate_on_every_backend(mode: str, dtype: torch.dtype) -> None:
     """A neuron whose causal weight sum is tiny fires very late with a huge slope: eq. 14 overflows."""
-    monkeypatch.setattr(numba_autograd, "_STACK_BACKWARD", mode)
     tiny = torch.finfo(dtype).tiny * 4
     t = torch.tensor([[0.0, 0.5]], dtype=dtype)
     for backend in BACKENDS:
         w = torch.tensor([[tiny, 0.0], [1.0, 1.0]], dtype=dtype, requires_grad=True)
         ti = t.clone().requires_grad_()
-        out = F.relpsp_linear(ti, w, 1.0, backend=backend)
+        out = F.relpsp_linear(ti, w, 1.0, backend=backend, backward=mode)
         assert torch.isfinite(out).all()
         out.backward(torch.tensor([[1e30, 1.0]], dtype=dtype))
         assert torch.isfinite(w.grad).all() and torch.isfinite(ti.grad).all()
-        torch.testing.assert_close(w.grad[1], torch.tensor([-0.375, -0.125], dtype=dtype))  # the other neuron is untouched
+        torch.testing.assert_close(
+            w.grad[1], torch.tensor([-0.375, -0.125], dtype=dtype)
+        )  # the other neuron is untouched
         if backend == "numba":  # eq. 14 is -inf here: saturated (the reference's autograd form gives inf - inf -> 0)
             assert (w.grad[0] == -torch.finfo(dtype).max).all()
 
 
 def test_saturate_in_place() -> None:
-    from stdbp.kernels import numba_cpu
+    from stdbp.kernels import numba_linear
 
     for dtype in (np.float32, np.float64):
         big = np.finfo(dtype).max
         g = np.array([1.0, np.inf, -np.inf, np.nan, -2.0], dtype=dtype)
-        assert numba_cpu.saturate_(g) == 3
+        assert numba_linear.saturate_(g) == 3
         np.testing.assert_array_equal(g, np.array([1.0, big, -big, 0.0, -2.0], dtype=dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("raw_keys", [False, True])
-@pytest.mark.parametrize("case", ["uniform", "heavy_tail", "bunched", "ties", "short", "reversed", "swapped_pairs", "silent"])
+@pytest.mark.parametrize(
+    "case", ["uniform", "heavy_tail", "bunched", "ties", "short", "reversed", "swapped_pairs", "silent"]
+)
 def test_spike_sort_is_a_stable_argsort(dtype: type, case: str, raw_keys: bool) -> None:
     """The kernels' sort (bucket pass, insertion sort, merge-sort fallback) against numpy's stable
     argsort. ``raw_keys``: the bit patterns of ``t`` itself, as the stack passes a hidden layer's
     times (``-0.0`` then has a negative key, which must sort as 0)."""
-    from stdbp.kernels import numba_cpu, sort_keys
+    from stdbp.kernels import numba_linear, sort_keys
 
     rng = np.random.default_rng(11)
     ordered = np.sort(rng.uniform(0, 1, 900))
@@ -287,7 +291,7 @@ def test_spike_sort_is_a_stable_argsort(dtype: type, case: str, raw_keys: bool) 
     t[:3] = [0.0, -0.0, np.inf]
     keys = t.view(sort_keys(t[:0]).dtype) if raw_keys else sort_keys(t)
     order, times = np.empty(t.size, np.int32), np.empty(t.size, dtype)
-    count = numba_cpu._sorted_spikes(t, keys, order, times)
+    count = numba_linear.sorted_spikes(t, keys, order, times)
     expected = np.argsort(np.where(t == 0, 0, t), kind="stable")[: np.isfinite(t).sum()]
     assert count == expected.size
     np.testing.assert_array_equal(order[:count], expected)
@@ -299,7 +303,9 @@ def test_all_finite_tells_saturated_from_non_finite() -> None:
 
     big = torch.full((4,), torch.finfo(torch.float32).max)  # saturated gradients: their float32 sum overflows
     assert all_finite([big, torch.ones(3)])
-    assert not all_finite([torch.tensor([1.0, float("inf")])]) and not all_finite([torch.ones(2), torch.tensor([float("nan")])])
+    assert not all_finite([torch.tensor([1.0, float("inf")])]) and not all_finite(
+        [torch.ones(2), torch.tensor([float("nan")])]
+    )
     assert all_finite([])
 
 
@@ -311,17 +317,23 @@ def test_weight_gradient_does_not_depend_on_the_row_parts(dtype: type) -> None:
     t_np, w_t = t.numpy().astype(dtype), np.ascontiguousarray(w.numpy().T.astype(dtype))
     batch, n_in = t_np.shape
     outs = [np.empty((batch, 21), dtype) for _ in range(4)]
-    order, times, n_spikes = np.empty((batch, n_in), np.int32), np.empty((batch, n_in), dtype), np.empty(batch, np.int32)
-    numba_cpu.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, dtype(1.0), *outs, order, times, n_spikes, 1)
+    order, times, n_spikes = (
+        np.empty((batch, n_in), np.int32),
+        np.empty((batch, n_in), dtype),
+        np.empty(batch, np.int32),
+    )
+    numba_linear.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, dtype(1.0), *outs, order, times, n_spikes, 1)
     grad_scaled = rng.normal(size=(batch, 21)).astype(dtype) * outs[2]
     for kernel in ("prefix", "rows"):
         grads = []
         for n_parts in (1, 2, 3, 7, 37):
             grad = np.full_like(w_t, np.nan)  # every entry must be written
             if kernel == "prefix":
-                numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, outs[1], outs[3], order, n_spikes, n_parts, grad)
+                numba_linear_backward.relpsp_linear_backward_weight(
+                    times, grad_scaled, outs[1], outs[3], order, n_spikes, n_parts, grad
+                )
             else:
-                numba_cpu.relpsp_linear_backward_weight_rows(t_np, grad_scaled, outs[1], n_parts, grad)
+                numba_linear_backward.relpsp_linear_backward_weight_rows(t_np, grad_scaled, outs[1], n_parts, grad)
             grads.append(grad)
         assert np.isfinite(grads[0]).all() and np.abs(grads[0]).max() > 0
         for grad in grads[1:]:
@@ -334,14 +346,18 @@ def test_rows_kernel_is_the_causal_prefix_sum(dtype: type) -> None:
     summed by hand over each neuron's causal set, in float64: silent inputs and neurons, ties, a
     sample without spikes, rows beyond a multiple of eight and neurons beyond one tile."""
     rng = np.random.default_rng(9)
-    n_out = numba_cpu.ROW_TILE + 13
+    n_out = numba_linear_backward.ROW_TILE + 13
     t, w = random_case(rng, batch=5, n_in=21, n_out=n_out, weight_mean=0.15)
     t[4] = float("inf")
     t_np, w_t = t.numpy().astype(dtype), np.ascontiguousarray(w.numpy().T.astype(dtype))
     batch, n_in = t_np.shape
     outs = [np.empty((batch, n_out), dtype) for _ in range(4)]  # t_out, anchor, inv_slope, n_causal
-    order, times, n_spikes = np.empty((batch, n_in), np.int32), np.empty((batch, n_in), dtype), np.empty(batch, np.int32)
-    numba_cpu.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, dtype(1.0), *outs, order, times, n_spikes, 1)
+    order, times, n_spikes = (
+        np.empty((batch, n_in), np.int32),
+        np.empty((batch, n_in), dtype),
+        np.empty(batch, np.int32),
+    )
+    numba_linear.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, dtype(1.0), *outs, order, times, n_spikes, 1)
     assert np.isinf(outs[0]).any() and np.isfinite(outs[0]).any()
     a = rng.normal(size=(batch, n_out)).astype(dtype)
     expected = np.zeros((n_in, n_out))
@@ -350,12 +366,12 @@ def test_rows_kernel_is_the_causal_prefix_sum(dtype: type) -> None:
             causal = k < outs[3][b]
             expected[order[b, k]] += np.where(causal, a[b] * (float(times[b, k]) - outs[1][b].astype(np.float64)), 0.0)
     grad = np.full_like(w_t, np.nan)
-    numba_cpu.relpsp_linear_backward_weight_rows(t_np, a, outs[1], 2, grad)
+    numba_linear_backward.relpsp_linear_backward_weight_rows(t_np, a, outs[1], 2, grad)
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(grad, expected, rtol=0, atol=rtol * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("n_out", [1, 10, numba_cpu.NARROW, numba_cpu.NARROW + 1])
+@pytest.mark.parametrize("n_out", [1, 10, numba_linear_backward.NARROW, numba_linear_backward.NARROW + 1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_narrow_layers_input_gradient_matches_reference(n_out: int, dtype: torch.dtype) -> None:
     """Layers of at most ``NARROW`` neurons sum eq. 15 neuron by neuron over the inputs

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from stdbp import build, parse_arch
-from stdbp.alpha_psp import AlphaSpikingLinear
 from stdbp.checkpoint import load_model, save_checkpoint
 from stdbp.errors import ArchitectureError
-from stdbp.layers import SpikingLinear
+from stdbp.nn import AlphaSpikingLinear
+from stdbp.nn.layers import SpikingLinear
 
 
 def test_fully_connected_notation() -> None:
@@ -22,7 +22,9 @@ def test_fully_connected_notation() -> None:
     assert [tuple(t.shape) for t in times] == [(3, 784), (3, 400), (3, 10)]
 
 
-@pytest.mark.parametrize("arch, token", [("784--10", "''"), ("784-abc-10", "abc"), ("0-10", "0"), ("784-8C0-10", "8C0"), ("x-10", "x")])
+@pytest.mark.parametrize(
+    "arch, token", [("784--10", "''"), ("784-abc-10", "abc"), ("0-10", "0"), ("784-8C0-10", "8C0"), ("x-10", "x")]
+)
 def test_unparsable_names_the_token(arch: str, token: str) -> None:
     with pytest.raises(ArchitectureError, match=token):
         parse_arch(arch)
@@ -56,7 +58,7 @@ def test_linear_weight_is_a_view_of_a_contiguous_parameter_and_state_dicts_say_w
 
 
 def test_optimizer_state_of_old_layout_is_transposed_on_resume() -> None:
-    from stdbp.train import _match_optimizer_layout
+    from stdbp.training.loop import _match_optimizer_layout
 
     layer = SpikingLinear(6, 4)
     optimizer = torch.optim.Adam(layer.parameters())
@@ -68,7 +70,7 @@ def test_optimizer_state_of_old_layout_is_transposed_on_resume() -> None:
 
 
 def test_square_optimizer_state_of_old_layout_is_transposed_by_its_strides() -> None:
-    from stdbp.train import _match_optimizer_layout
+    from stdbp.training.loop import _match_optimizer_layout
 
     layer = SpikingLinear(5, 5)
     optimizer = torch.optim.Adam(layer.parameters())

@@ -44,7 +44,10 @@ def _check_neuron(t_kernel: float, t_brute: float, times: np.ndarray, w: np.ndar
             return
         # both are crossings; accept if each is a crossing to within rounding (e.g. several near-equal roots)
         for t in (t_kernel, t_brute):
-            assert abs(_potential(t, times, w) - threshold) <= 1e-9 * _scale(t, times, w, threshold), (t_kernel, t_brute)
+            assert abs(_potential(t, times, w) - threshold) <= 1e-9 * _scale(t, times, w, threshold), (
+                t_kernel,
+                t_brute,
+            )
         return
     if np.isfinite(t_kernel) != np.isfinite(t_brute):
         # a knife edge: the potential touches the threshold within rounding where one of them fires
@@ -57,8 +60,12 @@ def linear_cases(draw):
     batch = draw(st.integers(1, 3))
     n_in = draw(st.integers(1, 10))
     n_out = draw(st.integers(1, 5))
-    t = np.array(draw(st.lists(time_values, min_size=batch * n_in, max_size=batch * n_in)), dtype=np.float64).reshape(batch, n_in)
-    w = np.array(draw(st.lists(weight_values, min_size=n_out * n_in, max_size=n_out * n_in)), dtype=np.float64).reshape(n_out, n_in)
+    t = np.array(draw(st.lists(time_values, min_size=batch * n_in, max_size=batch * n_in)), dtype=np.float64).reshape(
+        batch, n_in
+    )
+    w = np.array(draw(st.lists(weight_values, min_size=n_out * n_in, max_size=n_out * n_in)), dtype=np.float64).reshape(
+        n_out, n_in
+    )
     threshold = draw(st.sampled_from([1e-3, 0.5, 1.0, 7.0]))
     return t, w, threshold
 

@@ -16,17 +16,33 @@ import pytest
 import torch
 
 from stdbp.checkpoint import load_checkpoint, load_model, save_checkpoint
-from stdbp.models import build
-from stdbp.train import TrainConfig, train
+from stdbp.nn.network import build
+from stdbp.training.loop import TrainConfig, train
 
 # 400 steps: long enough that a kill aimed at a step in the first epoch lands before the end on a fast machine
-ARGS = ["--arch", "784-30-10", "--train-limit", "6400", "--batch-size", "32", "--epochs", "2", "--seed", "3", "--checkpoint-every", "4", "--no-progress"]
+ARGS = [
+    "--arch",
+    "784-30-10",
+    "--train-limit",
+    "6400",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "2",
+    "--seed",
+    "3",
+    "--checkpoint-every",
+    "4",
+    "--no-progress",
+]
 STEPS = 2 * 6400 // 32
 
 
 def _stdbp(*argv: str) -> subprocess.Popen:
     env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "stdbp.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stdbp.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def _finish(proc: subprocess.Popen, expect: int = 0) -> str:
@@ -61,7 +77,10 @@ def _wait_for_step(run: Path, proc: subprocess.Popen, min_step: int) -> None:
     raise AssertionError("training never reached the step")
 
 
-def test_kill_9_loses_at_most_the_last_checkpoint_interval_and_resumes_bitwise(uninterrupted: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_kill_9_loses_at_most_the_last_checkpoint_interval_and_resumes_bitwise(
+    uninterrupted: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     proc = _stdbp("train", *ARGS, "--out", str(run))
     _wait_for_step(run, proc, random.Random(0).randint(4, STEPS // 2 - 20))
@@ -79,6 +98,7 @@ def test_kill_9_loses_at_most_the_last_checkpoint_interval_and_resumes_bitwise(u
         assert {k: v for k, v in mine.items() if k != "seconds"} == {k: v for k, v in theirs.items() if k != "seconds"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_and_exits_cleanly(sig: int, uninterrupted: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -96,7 +116,7 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(sig: int, uninterrupted: Pa
 _SLOW_WRITER = """
 import os, sys, time, torch
 import stdbp.checkpoint as ck
-from stdbp.models import build
+from stdbp.nn.network import build
 real_fsync = os.fsync
 def slow_fsync(fd):
     real_fsync(fd)
@@ -107,6 +127,7 @@ ck.save_checkpoint(sys.argv[1], build("784-400-10"), note="second")
 """
 
 
+@pytest.mark.slow
 def test_kill_while_writing_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, build("784-20-10"), note="first")
@@ -118,6 +139,7 @@ def test_kill_while_writing_keeps_the_previous_checkpoint(tmp_path: Path) -> Non
     assert load_model(path).arch == "784-20-10"
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_bitwise_whatever_the_thread_count(tmp_path: Path) -> None:
     config = TrainConfig(arch="784-40-10", epochs=1, train_limit=512, batch_size=64, seed=5)
     threads = numba.get_num_threads()
@@ -134,7 +156,7 @@ def test_same_seed_same_weights_bitwise_whatever_the_thread_count(tmp_path: Path
 
 
 def test_nonfinite_steps_are_counted_and_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import stdbp.train as training
+    import stdbp.training.loop as training
 
     real = training.loss_and_backward
     calls = {"n": 0}
@@ -148,7 +170,12 @@ def test_nonfinite_steps_are_counted_and_skipped(tmp_path: Path, monkeypatch: py
         return loss, t_out
 
     monkeypatch.setattr(training, "loss_and_backward", sometimes_nan)
-    last = train(TrainConfig(arch="784-20-10", epochs=1, train_limit=320, seed=0), tmp_path / "r", progress=False, echo=lambda s: None)
+    last = train(
+        TrainConfig(arch="784-20-10", epochs=1, train_limit=320, seed=0),
+        tmp_path / "r",
+        progress=False,
+        echo=lambda s: None,
+    )
     assert last["nonfinite_steps"] == 1
     weights = load_model(tmp_path / "r" / "model.pt").layers[0].weight
     assert torch.isfinite(weights).all()

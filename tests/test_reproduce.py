@@ -11,12 +11,18 @@ import pytest
 
 from stdbp.checkpoint import save_checkpoint
 from stdbp.cli import main
-from stdbp.data import load_dataset
-from stdbp.models import build
-from stdbp.reproduce import ARCHS, QUICK, Budget, reproduce
+from stdbp.nn.network import build
+from stdbp.paper.reproduce import ARCHS, QUICK, Budget, reproduce
+from stdbp.training.data import load_dataset
 
 #: An even smaller budget than --quick, through the hidden --budget option or the Python API.
-TINY = {"train_limit": 64, "analyze_limit": 40, "compare_train_limit": 64, "compare_heldout": 30, "compare_test_limit": 100}
+TINY = {
+    "train_limit": 64,
+    "analyze_limit": 40,
+    "compare_train_limit": 64,
+    "compare_heldout": 30,
+    "compare_test_limit": 100,
+}
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -30,16 +36,22 @@ def small_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """128 training and 100 test images of MNIST as IDX files, so that the per-epoch evaluation is quick."""
     data = load_dataset("mnist")
     directory = tmp_path_factory.mktemp("mnist-small")
-    for split, n, (images, labels) in (("train", 128, ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")), ("test", 100, ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))):
+    for split, n, (images, labels) in (
+        ("train", 128, ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")),
+        ("test", 100, ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
+    ):
         _write_idx(directory / images, data[split].images[:n].numpy())
         _write_idx(directory / labels, data[split].labels[:n].numpy().astype(np.uint8))
     return directory
 
 
+@pytest.mark.slow
 def test_quick_end_to_end(small_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "reproduce"
     budget = [f"--budget={key}={value}" for key, value in TINY.items()]
-    assert main(["reproduce", "--quick", "--out", str(out), "--data-dir", str(small_mnist), "--no-progress", *budget]) == 0
+    assert (
+        main(["reproduce", "--quick", "--out", str(out), "--data-dir", str(small_mnist), "--no-progress", *budget]) == 0
+    )
     assert "report.md" in capsys.readouterr().out
     summary = json.loads((out / "reproduce.json").read_text())
     assert summary["quick"] and summary["budget"]["train_limit"] == 64 and summary["budget"]["epochs"] == QUICK.epochs
@@ -63,16 +75,21 @@ def test_quick_end_to_end(small_mnist: Path, tmp_path: Path, capsys: pytest.Capt
     assert not list(out.rglob(".*.tmp"))
 
 
-def test_pretrained_checkpoints_are_evaluated_and_runs_reused(small_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+def test_pretrained_checkpoints_are_evaluated_and_runs_reused(
+    small_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A full run (not quick) evaluates pretrained/mnist-784-400-10.pt and trains the rest with
     their recipes; a second run reuses everything."""
     pretrained = tmp_path / "pretrained"
     pretrained.mkdir()
     save_checkpoint(pretrained / "mnist-784-400-10.pt", build("784-400-10"))
-    monkeypatch.setattr("stdbp.reproduce.RECIPES", {"784-800-10": {"epochs": 2, "shift": 0, "rotate": 5.0}})
+    monkeypatch.setattr("stdbp.paper.reproduce.RECIPES", {"784-800-10": {"epochs": 2, "shift": 0, "rotate": 5.0}})
     budget = Budget(epochs=1, compare_epochs=1, **TINY)
     lines: list[str] = []
-    first = reproduce(tmp_path / "out", pretrained_dir=pretrained, data_dir=str(small_mnist), budget=budget, echo=lines.append)
+    first = reproduce(
+        tmp_path / "out", pretrained_dir=pretrained, data_dir=str(small_mnist), budget=budget, echo=lines.append
+    )
     sources = {row["arch"]: row["source"] for row in first["table1"]}
     assert sources == {"784-400-10": "pretrained", "784-800-10": "trained", ARCHS[2]: "trained"}
     rows = {row["arch"]: row for row in first["table1"]}
@@ -82,7 +99,9 @@ def test_pretrained_checkpoints_are_evaluated_and_runs_reused(small_mnist: Path,
     report = (tmp_path / "out" / "report.md").read_text()
     assert "stdbp eval" in report and "Quick run" not in report and "Reduced budget" in report
     lines.clear()
-    second = reproduce(tmp_path / "out", pretrained_dir=pretrained, data_dir=str(small_mnist), budget=budget, echo=lines.append)
+    second = reproduce(
+        tmp_path / "out", pretrained_dir=pretrained, data_dir=str(small_mnist), budget=budget, echo=lines.append
+    )
     assert sum("reusing" in line for line in lines) == 3  # two trained networks and the comparison
     assert [row["accuracy"] for row in second["table1"]] == [row["accuracy"] for row in first["table1"]]
 
@@ -94,6 +113,7 @@ def test_bad_budget_and_pretrained_dir(tmp_path: Path, capsys: pytest.CaptureFix
     assert len(errors) == 2 and all(line.startswith("stdbp: error:") for line in errors)
 
 
+@pytest.mark.slow
 def test_the_quick_command_as_users_run_it(tmp_path: Path) -> None:
     """`stdbp reproduce --quick` exactly as documented (full MNIST test set, the --quick budget): about a minute."""
     out = tmp_path / "quick"

@@ -21,7 +21,7 @@ if DEVICE == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: it reads the flag then
 
 from stdbp import functional as F  # noqa: E402
-from stdbp.models import build  # noqa: E402
+from stdbp.nn.network import build  # noqa: E402
 
 from .oracles import random_case, relpsp_brute_force  # noqa: E402
 

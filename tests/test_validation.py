@@ -10,10 +10,16 @@ from stdbp import functional as F
 
 CASES = {
     "relpsp_linear": lambda t, backend: F.relpsp_linear(t.flatten(1), torch.rand(3, 50), backend=backend),
-    "relpsp_linear_stack": lambda t, backend: F.relpsp_linear_stack(t.flatten(1), [torch.rand(3, 50), torch.rand(2, 3)], backend=backend),
+    "relpsp_linear_stack": lambda t, backend: F.relpsp_linear_stack(
+        t.flatten(1), [torch.rand(3, 50), torch.rand(2, 3)], backend=backend
+    ),
     "relpsp_conv2d": lambda t, backend: F.relpsp_conv2d(t, torch.rand(4, 2, 3, 3), backend=backend),
-    "earliest_spike_pool2d": lambda t, backend: F.earliest_spike_pool2d(t, 2, backend=backend),  # 5x5: last row and column in no window
-    "relpsp_conv2d_pool": lambda t, backend: F.relpsp_conv2d_pool(t, torch.rand(4, 2, 2, 2), pool_size=2, backend=backend),
+    "earliest_spike_pool2d": lambda t, backend: F.earliest_spike_pool2d(
+        t, 2, backend=backend
+    ),  # 5x5: last row and column in no window
+    "relpsp_conv2d_pool": lambda t, backend: F.relpsp_conv2d_pool(
+        t, torch.rand(4, 2, 2, 2), pool_size=2, backend=backend
+    ),
 }
 
 

@@ -11,19 +11,34 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ..validation import check_spike_times
+from .alpha_psp import AlphaPspLinear
 from .conv_reference import conv_output_size, relpsp_conv2d_reference
-from .numba_autograd import NO_POOL, EarliestSpikePoolNumba, RelpspConv2dNumba, RelpspLinearNumba, RelpspStackNumba, sort_keys
+from .numba_autograd import BACKWARD_METHODS, RelpspLinearNumba, RelpspStackNumba, sort_keys
+from .numba_autograd_conv import NO_POOL, EarliestSpikePoolNumba, RelpspConv2dNumba
+from .numba_loss import cross_entropy_and_gradient
 from .reference import SILENT_HORIZON, relpsp_linear_reference
+from .saturation import all_finite, saturate, saturating
 
 BACKENDS = ("reference", "numba", "triton")
 
 __all__ = [
     "BACKENDS",
+    "BACKWARD_METHODS",
+    "NO_POOL",
+    "EarliestSpikePoolNumba",
+    "RelpspConv2dNumba",
+    "RelpspLinearNumba",
+    "RelpspStackNumba",
+    "alpha_psp_linear_kernel",
+    "cross_entropy_and_gradient",
+    "numba_cache_ready",
     "all_finite",
     "saturate",
     "SILENT_HORIZON",
@@ -71,81 +86,47 @@ def resolve_backend(device: torch.device, backend: str | None = None, kind: str 
         if not _triton_available():
             raise ValueError("backend='triton' needs the triton package: pip install triton")
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("the triton kernel runs on CUDA devices (or on the CPU through Triton's interpreter, TRITON_INTERPRET=1)")
+            raise ValueError(
+                "the triton kernel runs on CUDA devices (or on the CPU through Triton's interpreter, TRITON_INTERPRET=1)"
+            )
     return backend
 
 
-def all_finite(tensors: Iterable[Tensor]) -> bool:
-    """Whether every entry of every tensor is finite: a cheap float32 sum each, and the float64
-    sum (which finite float32 values cannot overflow) only to confirm a non-finite one."""
-    return all(bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t.sum(dtype=torch.float64))) for t in tensors)
-
-
-class _SaturateGradient(torch.autograd.Function):
-    """Identity forward; in the backward pass, a gradient that overflowed its dtype saturates.
-
-    Exact STDBP gradients can exceed the floating-point range when a neuron fires with a causal
-    weight sum near zero (eq. 14 divides by it). Such entries become the dtype's largest finite
-    value with their sign, and an undefined one (``inf - inf``) becomes 0, so that no NaN or inf
-    ever reaches a gradient. The reference kernels are wrapped in it, the Triton kernel calls
-    :func:`saturate` on its gradients; the numba kernels saturate theirs in place
-    (``numba_cpu.saturate_``).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        return saturate(grad)
-
-
-def saturate(grad: Tensor) -> Tensor:
-    """``grad`` with entries beyond the dtype's range at its largest finite value (with their
-    sign) and NaN at 0; ``grad`` itself when every entry is finite (see ``_SaturateGradient``)."""
-    if all_finite([grad]):
-        return grad
-    big = torch.finfo(grad.dtype).max
-    return torch.nan_to_num(grad, nan=0.0, posinf=big, neginf=-big)
-
-
-def _saturating(x: Tensor) -> Tensor:
-    return _SaturateGradient.apply(x) if x.requires_grad else x
-
-
-def _check_times(t_in: Tensor) -> None:
-    """``stdbp.functional.check_spike_times``, for the kernels that do not count bad times themselves."""
-    from ..functional import check_spike_times
-
-    check_spike_times(t_in)
-
-
-def relpsp_linear_kernel(t_in: Tensor, weight: Tensor, threshold: float, backend: str | None = None) -> Tensor:
+def relpsp_linear_kernel(
+    t_in: Tensor, weight: Tensor, threshold: float, backend: str | None = None, backward: str = "auto"
+) -> Tensor:
     """Dispatch ``relpsp_linear`` to a kernel. Shapes, dtypes and the threshold are assumed valid
-    (see ``stdbp.functional``); the input times are checked here (by the numba kernel as it reads them)."""
+    (see ``stdbp.functional``); the input times are checked here (by the numba kernel as it reads them).
+    ``backward``: how the numba kernel sums eq. 14, one of :data:`BACKWARD_METHODS` (other backends ignore it)."""
     name = resolve_backend(t_in.device, backend)
     if name != "numba":
-        _check_times(t_in)
+        check_spike_times(t_in)
     if name == "reference":
-        return relpsp_linear_reference(_saturating(t_in), _saturating(weight), threshold)
+        return relpsp_linear_reference(saturating(t_in), saturating(weight), threshold)
     if name == "triton":
         from .triton_linear import RelpspLinearTriton
 
         return RelpspLinearTriton.apply(t_in, weight, threshold)
-    return RelpspLinearNumba.apply(t_in, weight, threshold)
+    return RelpspLinearNumba.apply(t_in, weight, threshold, backward)
 
 
-def relpsp_linear_stack_kernel(t_in: Tensor, weights: Sequence[Tensor], thresholds: Sequence[float], backend: str | None = None) -> Tensor:
+def relpsp_linear_stack_kernel(
+    t_in: Tensor,
+    weights: Sequence[Tensor],
+    thresholds: Sequence[float],
+    backend: str | None = None,
+    backward: str = "auto",
+) -> Tensor:
     """Dispatch a stack of fully connected layers: one fused kernel call per pass with numba,
     layer by layer otherwise. Shapes, dtypes and thresholds are assumed valid (see
     ``stdbp.functional``); the input times are checked here (by the numba kernel as it reads
-    them, otherwise by the first layer's dispatch).
+    them, otherwise by the first layer's dispatch). ``backward``: how the numba kernel sums
+    eqs. 14-15, one of :data:`BACKWARD_METHODS` (other backends ignore it).
     """
     if resolve_backend(t_in.device, backend) == "numba":
-        return RelpspStackNumba.apply(t_in, tuple(float(th) for th in thresholds), *weights)
+        return RelpspStackNumba.apply(t_in, tuple(float(th) for th in thresholds), backward, *weights)
     for weight, threshold in zip(weights, thresholds):
-        t_in = relpsp_linear_kernel(t_in, weight, threshold, backend)
+        t_in = relpsp_linear_kernel(t_in, weight, threshold, backend, backward)
     return t_in
 
 
@@ -160,8 +141,8 @@ def relpsp_conv2d_kernel(
     """Dispatch ``relpsp_conv2d`` to a kernel; as :func:`relpsp_linear_kernel`, the input times are checked here."""
     name = resolve_backend(t_in.device, backend, kind="conv")
     if name == "reference":
-        _check_times(t_in)
-        return relpsp_conv2d_reference(_saturating(t_in), _saturating(weight), threshold, stride, padding)
+        check_spike_times(t_in)
+        return relpsp_conv2d_reference(saturating(t_in), saturating(weight), threshold, stride, padding)
     return RelpspConv2dNumba.apply(t_in, weight, threshold, stride, padding, NO_POOL)
 
 
@@ -178,7 +159,10 @@ def relpsp_conv2d_pool_kernel(
     """Dispatch a convolution followed by earliest-spike pooling: one kernel call per pass with
     numba (each sample's output pooled while it is in cache), the two kernels otherwise. The
     input times are checked here, as for :func:`relpsp_conv2d_kernel`."""
-    if resolve_backend(t_in.device, backend, kind="conv") == "numba" and resolve_backend(t_in.device, backend, kind="pool") == "numba":
+    if (
+        resolve_backend(t_in.device, backend, kind="conv") == "numba"
+        and resolve_backend(t_in.device, backend, kind="pool") == "numba"
+    ):
         return RelpspConv2dNumba.apply(t_in, weight, threshold, stride, padding, (*pool_kernel, *pool_stride))
     t_out = relpsp_conv2d_kernel(t_in, weight, threshold, stride, padding, backend)
     return earliest_spike_pool2d_kernel(t_out, pool_kernel, pool_stride, backend)
@@ -190,9 +174,30 @@ def earliest_spike_pool2d_reference(t_in: Tensor, kernel: tuple[int, int], strid
     return torch.where(torch.isinf(t_out), t_out.detach(), t_out)
 
 
-def earliest_spike_pool2d_kernel(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], backend: str | None = None) -> Tensor:
+def earliest_spike_pool2d_kernel(
+    t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], backend: str | None = None
+) -> Tensor:
     """Dispatch earliest-spike pooling; the input times are checked here (by the numba kernel as it reads them)."""
     if resolve_backend(t_in.device, backend, kind="pool") == "reference":
-        _check_times(t_in)
+        check_spike_times(t_in)
         return earliest_spike_pool2d_reference(t_in, kernel, stride)
     return EarliestSpikePoolNumba.apply(t_in, kernel, stride)
+
+
+def alpha_psp_linear_kernel(t_in: Tensor, weight: Tensor, threshold: float, tau: float) -> Tensor:
+    """Dispatch ``stdbp.alpha_psp.alpha_psp_linear`` to its numba kernel (CPU, float64 inside);
+    arguments are assumed valid."""
+    return AlphaPspLinear.apply(t_in, weight, threshold, tau)
+
+
+#: The modules whose numba kernels a training step compiles on first use.
+_STEP_MODULES = ("numba_linear", "numba_linear_backward", "numba_stack", "numba_conv", "numba_pool", "numba_loss")
+
+
+def numba_cache_ready() -> bool:
+    """Whether numba's on-disk cache beside the kernels (``__pycache__``) holds compiled code of
+    every module a training step uses; where it does not, the first step compiles them (tens of
+    seconds). A cache kept elsewhere (``NUMBA_CACHE_DIR``, a read-only install) reads as not ready."""
+    cache = Path(__file__).parent / "__pycache__"
+    compiled = {entry.name.split(".")[0] for entry in cache.glob("*.nbi")} if cache.is_dir() else set()
+    return all(name in compiled for name in _STEP_MODULES)

@@ -1,29 +1,35 @@
-"""``torch.autograd.Function`` wrappers of the numba CPU kernels (``numba_cpu``, ``numba_stack``,
-``numba_conv``, ``numba_pool``): tensors to NumPy arrays and back, what the backward pass keeps.
+"""``torch.autograd.Function`` wrappers of the fully connected numba kernels (``numba_linear``,
+``numba_linear_backward``, ``numba_stack``): tensors to NumPy arrays and back, what the backward
+pass keeps, and the cost model that picks how the backward pass sums eqs. 14-15. The
+convolution's and pooling's wrappers are in :mod:`stdbp.kernels.numba_autograd_conv`.
 The forward kernels count input entries that are not spike times as they read them, and the
 wrappers raise ``ValueError`` for them (no separate pass over the input).
 
-Only :mod:`stdbp.kernels` (the dispatch point) uses them.
+Only :mod:`stdbp.kernels` (the dispatch point) and the training step use them.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .conv_reference import conv_output_size
+from ..validation import check_spike_times
+
+#: How the backward passes of fully connected layers sum eqs. 14-15: ``"auto"`` (the cheapest
+#: way for each layer and batch, by the costs below), ``"prefix"`` (causal prefixes),
+#: ``"dense"`` (matrix products less the non-causal pairs, where they cannot overflow) or
+#: ``"rows"`` (eq. 14 over all pairs, ``numba_linear_backward.relpsp_linear_backward_weight_rows``;
+#: eq. 15 by prefixes). Every method gives the same gradients up to float rounding.
+BACKWARD_METHODS = ("auto", "prefix", "dense", "rows")
 
 
-def _raise_if(bad: int, t_in: Tensor) -> None:
+def raise_if_invalid(bad: int, t_in: Tensor) -> None:
     """Raise ``ValueError`` if a kernel counted ``bad`` input entries that are not spike times."""
     if bad:
-        from ..functional import check_spike_times
-
         check_spike_times(t_in)  # names what is wrong
         raise ValueError("t_in contains invalid spike times")  # pragma: no cover - check_spike_times raised
 
@@ -33,14 +39,36 @@ def sort_keys(t: np.ndarray) -> np.ndarray:
     return np.abs(t).view(np.int32 if t.dtype == np.float32 else np.int64)
 
 
+class LinearScan(NamedTuple):
+    """What the forward scan of one fully connected layer keeps for the backward pass (``B``
+    samples, ``N_in`` inputs, ``N_out`` neurons)."""
+
+    t_in: np.ndarray  # (B, N_in) input times
+    times: np.ndarray  # (B, N_in) each sample's spiking input times, sorted (first n_spikes[b])
+    w_t: np.ndarray  # (N_in, N_out) weights, C-contiguous
+    anchor: np.ndarray  # (B, N_out) spike time t_j, or t_ref of a silent neuron
+    inv_slope: np.ndarray  # (B, N_out) 1 / (causal weight sum)
+    n_causal: np.ndarray  # (B, N_out) length of the causal prefix in time order
+    order: np.ndarray  # (B, N_in) int32 input index of each sorted spike
+    n_spikes: np.ndarray  # (B,) int32 spiking inputs per sample
+
+
+def _check_method(method: str) -> None:
+    if method not in BACKWARD_METHODS:
+        raise ValueError(f"unknown backward method {method!r}; choose one of {', '.join(BACKWARD_METHODS)}")
+
+
 class RelpspLinearNumba(torch.autograd.Function):
-    """Autograd wrapper of the numba scan: forward eq. 12, backward eqs. 14-15."""
+    """Autograd wrapper of the numba scan: forward eq. 12, backward eqs. 14-15.
+
+    ``apply(t_in, weight, threshold, method)``: ``method`` one of :data:`BACKWARD_METHODS`.
+    """
 
     @staticmethod
-    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float, method: str = "auto") -> Tensor:  # type: ignore[override]
         import numba
 
-        from . import numba_cpu
+        from . import numba_linear
 
         t_np = t_in.detach().contiguous().numpy()
         w_t = np.ascontiguousarray(weight.detach().numpy().T)
@@ -54,69 +82,93 @@ class RelpspLinearNumba(torch.autograd.Function):
         times = np.empty((batch, n_in), dtype=t_np.dtype)
         n_spikes = np.empty(batch, dtype=np.int32)
         thr = t_np.dtype.type(threshold)
-        _, n_chunks = numba_cpu.scan_tasks(n_out, numba.get_num_threads())
-        bad = numba_cpu.relpsp_linear_forward(t_np, sort_keys(t_np), w_t, thr, t_out, anchor, inv_slope, n_causal, order, times, n_spikes, n_chunks)
-        _raise_if(bad, t_in)
-        ctx.scan = (t_np, times, w_t, anchor, inv_slope, n_causal, order, n_spikes)
+        _, n_chunks = numba_linear.scan_tasks(n_out, numba.get_num_threads())
+        bad = numba_linear.relpsp_linear_forward(
+            t_np, sort_keys(t_np), w_t, thr, t_out, anchor, inv_slope, n_causal, order, times, n_spikes, n_chunks
+        )
+        raise_if_invalid(bad, t_in)
+        _check_method(method)
+        ctx.scan = LinearScan(t_np, times, w_t, anchor, inv_slope, n_causal, order, n_spikes)
+        ctx.method = method
         return torch.from_numpy(t_out)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        from . import numba_cpu
+        from . import numba_linear, numba_linear_backward
 
-        t_np, times, w_t, anchor, inv_slope, n_causal, order, n_spikes = ctx.scan
+        scan: LinearScan = ctx.scan
+        t_np, times, w_t, anchor, inv_slope = scan.t_in, scan.times, scan.w_t, scan.anchor, scan.inv_slope
+        n_causal, order, n_spikes = scan.n_causal, scan.order, scan.n_spikes
+        method = getattr(ctx, "method", "auto")
         with np.errstate(invalid="ignore", over="ignore"):  # extreme slopes: saturated below
             grad_scaled = grad_out.detach().contiguous().numpy() * inv_slope
         grad_t = grad_w = None
         if ctx.needs_input_grad[1]:
-            method = _weight_gradient_method(_STACK_BACKWARD, int(n_spikes.sum()), t_np, w_t.shape, None)
-            grad_w = _weight_gradient(method, t_np, times, grad_scaled, anchor, n_causal, order, n_spikes, w_t)
+            summation = weight_gradient_method(method, int(n_spikes.sum()), t_np, w_t.shape, None)
+            grad_w = _weight_gradient(summation, t_np, times, grad_scaled, anchor, n_causal, order, n_spikes, w_t)
         if ctx.needs_input_grad[0]:
             grad_t_np = np.zeros(times.shape, dtype=times.dtype)
-            if w_t.shape[1] <= numba_cpu.NARROW:
+            if w_t.shape[1] <= numba_linear_backward.NARROW:
                 _narrow_input_gradient(w_t, w_t.shape[1], grad_scaled, n_causal, order, n_spikes, grad_t_np)
             else:
-                numba_cpu.relpsp_linear_backward_input(w_t, grad_scaled, n_causal, order, n_spikes, grad_t_np)
-                numba_cpu.saturate_(grad_t_np.reshape(-1))
+                numba_linear_backward.relpsp_linear_backward_input(
+                    w_t, grad_scaled, n_causal, order, n_spikes, grad_t_np
+                )
+                numba_linear.saturate_(grad_t_np.reshape(-1))
             grad_t = torch.from_numpy(grad_t_np)
-        return grad_t, grad_w, None
+        return grad_t, grad_w, None, None
 
 
-def _weight_gradient(method: str, t_in, times, grad_scaled, anchor, n_causal, order, n_spikes, w_t, top: tuple[float, float] | None = None) -> Tensor:
+def _weight_gradient(
+    method: str,
+    t_in,
+    times,
+    grad_scaled,
+    anchor,
+    n_causal,
+    order,
+    n_spikes,
+    w_t,
+    top: tuple[float, float] | None = None,
+) -> Tensor:
     """Eq. 14 for one fully connected layer from what its forward scan kept: ``(N_out, N_in)``.
 
     ``method``: ``"prefix"`` (sums over each neuron's causal prefix,
-    ``numba_cpu.relpsp_linear_backward_weight``) or ``"rows"`` (over all pairs of the input times
-    ``t_in`` ``(B, N_in)``, ``numba_cpu.relpsp_linear_backward_weight_rows``); see
-    :func:`_weight_gradient_method`. ``top``: the largest ``|grad_scaled|`` and ``anchor``
+    ``numba_linear_backward.relpsp_linear_backward_weight``) or ``"rows"`` (over all pairs of the input times
+    ``t_in`` ``(B, N_in)``, ``numba_linear_backward.relpsp_linear_backward_weight_rows``); see
+    :func:`weight_gradient_method`. ``top``: the largest ``|grad_scaled|`` and ``anchor``
     (``inf`` for NaN) if already known.
     """
     import numba
 
-    from . import numba_cpu
+    from . import numba_linear, numba_linear_backward
 
     grad_w_t = np.empty_like(w_t)
     if method == "rows":
-        numba_cpu.relpsp_linear_backward_weight_rows(t_in, grad_scaled, anchor, numba.get_num_threads(), grad_w_t)
+        numba_linear_backward.relpsp_linear_backward_weight_rows(
+            t_in, grad_scaled, anchor, numba.get_num_threads(), grad_w_t
+        )
     else:
-        numba_cpu.relpsp_linear_backward_weight(times, grad_scaled, anchor, n_causal, order, n_spikes, numba.get_num_threads(), grad_w_t)
+        numba_linear_backward.relpsp_linear_backward_weight(
+            times, grad_scaled, anchor, n_causal, order, n_spikes, numba.get_num_threads(), grad_w_t
+        )
     # each entry sums batch terms a * (t_i - t_j), |t_i - t_j| <= max |anchor|: saturate only if that may overflow
     if top is None:
         top = float(np.abs(grad_scaled).max(initial=0.0)), float(anchor.max(initial=0.0))  # NaN if any is NaN
     if not top[0] * top[1] * len(anchor) < 0.5 * float(np.finfo(w_t.dtype).max):
-        numba_cpu.saturate_(grad_w_t.reshape(-1))
+        numba_linear.saturate_(grad_w_t.reshape(-1))
     return torch.from_numpy(grad_w_t).t()
 
 
 def _narrow_input_gradient(w_t, width: int, grad_scaled, n_causal, order, n_spikes, grad_in) -> None:
-    """Eq. 15 into ``grad_in`` ``(B, N_in)`` for a layer of ``width <= numba_cpu.NARROW``
+    """Eq. 15 into ``grad_in`` ``(B, N_in)`` for a layer of ``width <= numba_linear_backward.NARROW``
     neurons (the first ``width`` columns of ``w_t``; padding columns beyond are ignored), by
-    ``numba_cpu.relpsp_linear_backward_input_narrow``, saturated."""
-    from . import numba_cpu
+    ``numba_linear_backward.relpsp_linear_backward_input_narrow``, saturated."""
+    from . import numba_linear, numba_linear_backward
 
     weight = np.ascontiguousarray(w_t[:, :width].T)  # (width, N_in): the kernel runs over the inputs
-    numba_cpu.relpsp_linear_backward_input_narrow(weight, grad_scaled, n_causal, order, n_spikes, grad_in)
-    numba_cpu.saturate_(grad_in.reshape(-1))
+    numba_linear_backward.relpsp_linear_backward_input_narrow(weight, grad_scaled, n_causal, order, n_spikes, grad_in)
+    numba_linear.saturate_(grad_in.reshape(-1))
 
 
 def _padded(w_t: np.ndarray, cols: int) -> np.ndarray:
@@ -128,30 +180,51 @@ def _padded(w_t: np.ndarray, cols: int) -> np.ndarray:
     return out
 
 
+class StackScan(NamedTuple):
+    """What the forward pass of a stack of fully connected layers keeps, per layer ``l`` (lists,
+    so that a layer's entries can be released once its gradients are made): the fields of
+    :class:`LinearScan` for each layer, and ``first_fire`` ``(L, B)``, the position in each
+    sample's time order of the first input after which some neuron of the layer fired."""
+
+    t_in: list  # [l] (B, N_l) input times of layer l
+    w_ts: tuple  # [l] (N_l, W_l) weights, neurons padded to whole vectors of 8
+    widths: np.ndarray  # (L,) neurons per layer before padding
+    anchor: list
+    inv_slope: list
+    n_causal: list
+    order: list
+    times: list
+    n_spikes: np.ndarray  # (L, B)
+    first_fire: np.ndarray  # (L, B)
+
+
 class RelpspStackNumba(torch.autograd.Function):
     """Autograd wrapper of ``numba_stack``: fully connected layers ``t_in -> ... -> t_out``, the
     forward in one kernel call, the backward a layer at a time (sums over causal prefixes, over
-    all pairs, or matrix products, whichever is cheaper: :func:`_dense_is_cheaper`,
-    :func:`_weight_gradient_method`). Spike times are those of :class:`RelpspLinearNumba` layer
+    all pairs, or matrix products, whichever is cheaper: :func:`dense_is_cheaper`,
+    :func:`weight_gradient_method`). Spike times are those of :class:`RelpspLinearNumba` layer
     by layer, bit for bit; so are the gradients of prefix sums and of sums over all pairs.
 
-    ``apply(t_in, thresholds, *weights)``: ``t_in`` ``(B, N_0)``, ``thresholds`` a tuple of
-    floats, ``weights[l]`` ``(N_{l+1}, N_l)``; returns ``(B, N_L)``. Raises ``ValueError`` for
+    ``apply(t_in, thresholds, method, *weights)``: ``t_in`` ``(B, N_0)``, ``thresholds`` a tuple
+    of floats, ``method`` one of :data:`BACKWARD_METHODS`, ``weights[l]`` ``(N_{l+1}, N_l)``;
+    returns ``(B, N_L)``. Raises ``ValueError`` for
     input times that are NaN or negative (the kernel counts them while it reads them).
 
-    A caller that runs the backward pass once (``stdbp.fused``) sets ``ctx.single_backward``: each
+    A caller that runs the backward pass once (``stdbp.training.step``) sets ``ctx.single_backward``: each
     layer's saved state is then released as soon as its gradients are made, which lowers the
     step's memory peak (autograd keeps it, for ``retain_graph``).
     """
 
     @staticmethod
-    def forward(ctx, t_in: Tensor, thresholds: Sequence[float], *weights: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, t_in: Tensor, thresholds: Sequence[float], method: str, *weights: Tensor) -> Tensor:  # type: ignore[override]
         from . import numba_stack
 
         t_np = t_in.detach().contiguous().numpy()
         dtype, batch = t_np.dtype, t_np.shape[0]
         widths = np.array([w.shape[0] for w in weights])
-        w_ts = tuple(_padded(w.detach().numpy().T, -(-w.shape[0] // 8) * 8) for w in weights)  # whole vectors of 8 neurons
+        w_ts = tuple(
+            _padded(w.detach().numpy().T, -(-w.shape[0] // 8) * 8) for w in weights
+        )  # whole vectors of 8 neurons
         t = (t_np, *(np.empty((batch, n), dtype=dtype) for n in widths))
         anchor = tuple(np.empty((batch, w.shape[1]), dtype=dtype) for w in w_ts)
         inv_slope = tuple(np.empty_like(x) for x in anchor)
@@ -162,20 +235,42 @@ class RelpspStackNumba(torch.autograd.Function):
         first_fire = np.empty_like(n_spikes)
         keys = (sort_keys(t_np), *(x.view(sort_keys(x[:0]).dtype) for x in t[1:]))  # hidden times are > 0
         bad = numba_stack.stack_forward(
-            w_ts, widths, np.array(thresholds, dtype=dtype), t, keys, anchor, inv_slope, n_causal, order, times, n_spikes, first_fire
+            w_ts,
+            widths,
+            np.array(thresholds, dtype=dtype),
+            t,
+            keys,
+            anchor,
+            inv_slope,
+            n_causal,
+            order,
+            times,
+            n_spikes,
+            first_fire,
         )
-        _raise_if(bad, t_in)
-        ctx.scan = ([*t[:-1]], w_ts, widths, [*anchor], [*inv_slope], [*n_causal], [*order], [*times], n_spikes, first_fire)
-        ctx.mode = _STACK_BACKWARD
+        raise_if_invalid(bad, t_in)
+        _check_method(method)
+        ctx.scan = StackScan(
+            [*t[:-1]], w_ts, widths, [*anchor], [*inv_slope], [*n_causal], [*order], [*times], n_spikes, first_fire
+        )
+        ctx.method = method
         return torch.from_numpy(t[-1])
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         import numba
 
-        from . import numba_cpu, numba_stack
+        from . import numba_linear_backward, numba_stack
 
-        t, w_ts, widths, anchor, inv_slope, n_causal, order, times, n_spikes, first_fire = ctx.scan
+        scan: StackScan = ctx.scan
+        t, w_ts, widths, anchor, inv_slope = scan.t_in, scan.w_ts, scan.widths, scan.anchor, scan.inv_slope
+        n_causal, order, times, n_spikes, first_fire = (
+            scan.n_causal,
+            scan.order,
+            scan.times,
+            scan.n_spikes,
+            scan.first_fire,
+        )
         grad = grad_out.detach().contiguous().numpy()
         batch, dtype = grad.shape[0], grad.dtype
         grads: list[Tensor | None] = [None] * (len(w_ts) + 1)  # input, then each weight
@@ -183,23 +278,33 @@ class RelpspStackNumba(torch.autograd.Function):
         for l in range(len(w_ts) - 1, -1, -1):
             w_t, want_input = w_ts[l], l > 0 or ctx.needs_input_grad[0]
             a = np.empty_like(anchor[l])
-            top_a, top_t, latest, spikes, non_causal, fewest = numba_stack.scale_gradient(grad, inv_slope[l], anchor[l], times[l], n_spikes[l], first_fire[l], a)
+            top_a, top_t, latest, spikes, non_causal, fewest = numba_stack.scale_gradient(
+                grad, inv_slope[l], anchor[l], times[l], n_spikes[l], first_fire[l], a
+            )
             # matrix products may be used if no term of eq. 14, nor a sum over all pairs (the
             # non-causal ones included), can overflow
             matmul_ok = top_a * top_t * batch < limit and top_a * max(latest, top_t) * batch < limit
             all_spike = fewest == t[l].shape[1]
-            dense = want_input and matmul_ok and _dense_is_cheaper(ctx.mode, spikes, non_causal, batch, w_t.shape)
+            dense = want_input and matmul_ok and dense_is_cheaper(ctx.method, spikes, non_causal, batch, w_t.shape)
             if dense:
                 dense = top_a * numba_stack.abs_max(w_t) * w_t.shape[1] < limit
             if want_input:
-                grad_in = torch.mm(torch.from_numpy(a), torch.from_numpy(w_t).t()).numpy() if dense else np.empty((batch, w_t.shape[0]), dtype=dtype)
-                if not dense and widths[l] <= numba_cpu.NARROW:  # as RelpspLinearNumba does, bit for bit
+                grad_in = (
+                    torch.mm(torch.from_numpy(a), torch.from_numpy(w_t).t()).numpy()
+                    if dense
+                    else np.empty((batch, w_t.shape[0]), dtype=dtype)
+                )
+                if not dense and widths[l] <= numba_linear_backward.NARROW:  # as RelpspLinearNumba does, bit for bit
                     _narrow_input_gradient(w_t, widths[l], a, n_causal[l], order[l], n_spikes[l], grad_in)
                 else:
-                    numba_stack.input_gradient(w_t, widths[l], a, n_causal[l], order[l], n_spikes[l], dense, first_fire[l], grad_in)
-            if ctx.needs_input_grad[2 + l]:
-                method = _weight_gradient_method(ctx.mode, spikes, t[l], w_t.shape, (non_causal, all_spike) if matmul_ok else None)
-                if method == "matmul":  # the sum over all spiking pairs of a_j t_i - a_j t_j, then the correction
+                    numba_stack.input_gradient(
+                        w_t, widths[l], a, n_causal[l], order[l], n_spikes[l], dense, first_fire[l], grad_in
+                    )
+            if ctx.needs_input_grad[3 + l]:
+                summation = weight_gradient_method(
+                    ctx.method, spikes, t[l], w_t.shape, (non_causal, all_spike) if matmul_ok else None
+                )
+                if summation == "matmul":  # the sum over all spiking pairs of a_j t_i - a_j t_j, then the correction
                     if all_spike:  # the a_j t_j sum is the same for every row: subtracted in the correction
                         grad_w_t = torch.mm(torch.from_numpy(t[l]).t(), torch.from_numpy(a)).numpy()
                     else:
@@ -208,28 +313,36 @@ class RelpspStackNumba(torch.autograd.Function):
                         rhs = np.concatenate([a, -(a * anchor[l])])  # (2B, W)
                         grad_w_t = torch.mm(torch.from_numpy(lhs).t(), torch.from_numpy(rhs)).numpy()
                     numba_stack.weight_gradient_correction(
-                        times[l], a, anchor[l], n_causal[l], order[l], n_spikes[l], first_fire[l], all_spike, numba.get_num_threads(), grad_w_t
+                        times[l],
+                        a,
+                        anchor[l],
+                        n_causal[l],
+                        order[l],
+                        n_spikes[l],
+                        first_fire[l],
+                        all_spike,
+                        numba.get_num_threads(),
+                        grad_w_t,
                     )
                     grad_w = torch.from_numpy(grad_w_t).t()
                 else:
-                    grad_w = _weight_gradient(method, t[l], times[l], a, anchor[l], n_causal[l], order[l], n_spikes[l], w_t, (top_a, top_t))
-                grads[1 + l] = grad_w if widths[l] == w_t.shape[1] else grad_w[: widths[l]].t().contiguous().t()  # laid out as weight_t
+                    grad_w = _weight_gradient(
+                        summation, t[l], times[l], a, anchor[l], n_causal[l], order[l], n_spikes[l], w_t, (top_a, top_t)
+                    )
+                grads[1 + l] = (
+                    grad_w if widths[l] == w_t.shape[1] else grad_w[: widths[l]].t().contiguous().t()
+                )  # laid out as weight_t
             if want_input:
                 grad = grad_in
-            if getattr(ctx, "single_backward", False):  # the layer's state goes before the next layer's gradients are made
+            if getattr(
+                ctx, "single_backward", False
+            ):  # the layer's state goes before the next layer's gradients are made
                 for state in (t, anchor, inv_slope, n_causal, order, times):
                     state[l] = None
         if ctx.needs_input_grad[0]:
             grads[0] = torch.from_numpy(grad)
-        return grads[0], None, *grads[1:]
+        return grads[0], None, None, *grads[1:]
 
-
-#: How the backward passes of fully connected layers sum eqs. 14-15: "auto" (the cheapest way
-#: for each layer and batch), "prefix" (causal prefixes), "dense" (matrix products less the
-#: non-causal pairs, where they cannot overflow) or "rows" (eq. 14 over all pairs,
-#: ``numba_cpu.relpsp_linear_backward_weight_rows``; eq. 15 by prefixes). Tests set it to check
-#: them against each other.
-_STACK_BACKWARD = "auto"
 
 #: Costs in units of one (input, neuron) pair of the causal-prefix kernels (~10 G pairs/s on the
 #: 2-core CPU), measured on the layers of the README's networks: one multiply-add of ``torch.mm``
@@ -247,7 +360,7 @@ _PREFIX_OVERHEAD = 56
 _ROWS_OVERHEAD = 48
 
 
-def _dense_is_cheaper(mode: str, spikes: int, non_causal: int, batch: int, shape: tuple[int, int]) -> bool:
+def dense_is_cheaper(mode: str, spikes: int, non_causal: int, batch: int, shape: tuple[int, int]) -> bool:
     """Whether eq. 15 for a layer of ``shape = (N_in, W)`` is cheaper as a matrix product less the
     non-causal pairs than as sums over causal prefixes, for ``batch`` samples with ``spikes``
     spiking inputs in all, of which ``non_causal`` may be non-causal for some neuron (those from
@@ -266,12 +379,14 @@ def _dense_is_cheaper(mode: str, spikes: int, non_causal: int, batch: int, shape
     return dense < prefix
 
 
-def _weight_gradient_method(mode: str, spikes: int, t_in: np.ndarray, shape: tuple[int, int], matmul: tuple[int, bool] | None) -> str:
+def weight_gradient_method(
+    mode: str, spikes: int, t_in: np.ndarray, shape: tuple[int, int], matmul: tuple[int, bool] | None
+) -> str:
     """How to sum eq. 14 for a layer of ``shape = (N_in, W)`` with input times ``t_in``
     ``(B, N_in)`` (``spikes`` of them spiking): ``"prefix"``, ``"rows"`` or ``"matmul"``, the
     cheapest by the costs above. ``matmul`` is ``(non_causal, all_spike)`` where matrix products
     may be used (the stack, where they cannot overflow), else ``None``; they are not used where
-    more than a quarter of the inputs may be non-causal (see :func:`_dense_is_cheaper`).
+    more than a quarter of the inputs may be non-causal (see :func:`dense_is_cheaper`).
     """
     if mode != "auto":
         return {"prefix": "prefix", "rows": "rows", "dense": "matmul" if matmul is not None else "prefix"}[mode]
@@ -288,120 +403,3 @@ def _weight_gradient_method(mode: str, spikes: int, t_in: np.ndarray, shape: tup
         prep = 0 if matmul[1] else _MATMUL_PREP * batch * n_in
         costs["matmul"] = _MATMUL_COST * products + prep + float(matmul[0]) * (shape[1] + _PREFIX_OVERHEAD)
     return min(costs, key=costs.__getitem__)
-
-
-@functools.lru_cache(maxsize=64)
-def _reach_table(geometry: tuple[int, ...], c_out: int) -> np.ndarray:
-    """Where each input of a convolution lands (``numba_conv.reach_table``), once per geometry."""
-    from . import numba_conv
-
-    table = numba_conv.reach_table(geometry, c_out)
-    table.flags.writeable = False
-    return table
-
-
-#: ``pool`` of :class:`RelpspConv2dNumba` without pooling.
-NO_POOL = (0, 0, 1, 1)
-
-
-class RelpspConv2dNumba(torch.autograd.Function):
-    """Autograd wrapper of the numba convolutional scan (``numba_conv``): forward eq. 12, backward
-    eqs. 14-15; with ``pool = (kH, kW, sH, sW)``, followed by earliest-spike pooling in the same
-    kernel call (the times and gradients of :class:`EarliestSpikePoolNumba` after it, bit for bit).
-
-    ``apply(t_in, weight, threshold, stride, padding, pool)``: ``t_in`` ``(B, C_in, H, W)``,
-    ``weight`` ``(C_out, C_in, kH, kW)``, ``pool`` :data:`NO_POOL` for none; returns
-    ``(B, C_out, H_out, W_out)``, or the pooled ``(B, C_out, PH, PW)``.
-    """
-
-    @staticmethod
-    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float, stride: tuple[int, int], padding: tuple[int, int], pool: tuple[int, int, int, int]) -> Tensor:  # type: ignore[override]
-        from . import numba_conv
-
-        batch, c_in, h_in, w_in = t_in.shape
-        c_out, _, k_h, k_w = weight.shape
-        h_out = conv_output_size(h_in, k_h, stride[0], padding[0])
-        w_out = conv_output_size(w_in, k_w, stride[1], padding[1])
-        t_flat = t_in.detach().reshape(batch, c_in * h_in * w_in).contiguous().numpy()  # (B, C_in*H*W)
-        c_pad = -(-c_out // 8) * 8  # output channels padded to whole vectors of 8 (zero weights)
-        weight_f = numba_conv.weight_layout(weight.detach().numpy(), c_pad)
-        dtype = t_flat.dtype
-        plane_out = h_out * w_out
-        if pool[0]:
-            shape = (c_out, (h_out - pool[0]) // pool[2] + 1, (w_out - pool[1]) // pool[3] + 1)
-            t_out = np.empty((0, c_out * plane_out), dtype=dtype)
-            t_pool = np.empty((batch, shape[0] * shape[1] * shape[2]), dtype=dtype)
-            argmin = np.empty(t_pool.shape, dtype=np.int32)
-        else:
-            shape = (c_out, h_out, w_out)
-            t_out = np.empty((batch, c_out * plane_out), dtype=dtype)  # (C_out, H_out, W_out) order
-            t_pool = np.empty((batch, 0), dtype=dtype)
-            argmin = np.empty((batch, 0), dtype=np.int32)
-        # the neuron state, (H_out, W_out, C_pad); with pooling, only each window's earliest neuron's
-        anchor = np.empty((batch, t_pool.shape[1] if pool[0] else plane_out * c_pad), dtype=dtype)
-        inv_slope = np.empty_like(anchor)
-        n_causal = np.empty_like(anchor)
-        order = np.empty(t_flat.shape, dtype=np.int32)
-        times = np.empty_like(t_flat)
-        n_spikes = np.empty(batch, dtype=np.int32)
-        geometry = (c_in, h_in, w_in, k_h, k_w, *stride, *padding, h_out, w_out)
-        reach = _reach_table(geometry, c_pad)
-        bad = numba_conv.relpsp_conv2d_forward(
-            t_flat, sort_keys(t_flat), weight_f, dtype.type(threshold), geometry, reach, t_out, anchor, inv_slope, n_causal, order, times, n_spikes,
-            pool, t_pool, argmin,
-        )
-        _raise_if(bad, t_in)
-        ctx.scan = (weight_f, argmin, anchor, inv_slope, n_causal, order, times, n_spikes)
-        ctx.geometry, ctx.c_out, ctx.pool = geometry, c_out, pool
-        return torch.from_numpy(t_pool if pool[0] else t_out).view(batch, *shape)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        from . import numba_conv, numba_cpu
-
-        weight_f, argmin, anchor, inv_slope, n_causal, order, times, n_spikes = ctx.scan
-        geometry = ctx.geometry
-        c_in, h_in, w_in, k_h, k_w = geometry[:5]
-        batch = anchor.shape[0]
-        grad = grad_out.detach().contiguous().reshape(batch, math.prod(grad_out.shape[1:])).numpy()  # (B, C_out*H_out*W_out), or pooled
-        grad_in = np.zeros(times.shape if ctx.needs_input_grad[0] else (batch, 0), dtype=times.dtype)
-        grad_w_partial = np.empty((batch, *weight_f.shape), dtype=times.dtype)
-        numba_conv.relpsp_conv2d_backward(
-            weight_f, grad, ctx.pool, argmin, inv_slope, anchor, n_causal, order, times, n_spikes, geometry,
-            _reach_table(geometry, weight_f.shape[1] // k_w), ctx.needs_input_grad[0], grad_in, grad_w_partial,
-        )
-        grad_t = grad_w = None
-        if ctx.needs_input_grad[0]:
-            numba_cpu.saturate_(grad_in.reshape(-1))
-            grad_t = torch.from_numpy(grad_in).view(batch, c_in, h_in, w_in)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.from_numpy(numba_conv.weight_gradient(grad_w_partial, ctx.c_out, k_h, k_w))
-        return grad_t, grad_w, None, None, None, None
-
-
-class EarliestSpikePoolNumba(torch.autograd.Function):
-    """Autograd wrapper of ``numba_pool``: the earliest spike of each window, its gradient back to it."""
-
-    @staticmethod
-    def forward(ctx, t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:  # type: ignore[override]
-        from . import numba_pool
-
-        batch, channels, height, width = t_in.shape
-        h_out = (height - kernel[0]) // stride[0] + 1
-        w_out = (width - kernel[1]) // stride[1] + 1
-        planes = t_in.detach().contiguous().numpy().reshape(batch * channels, height, width)
-        t_out = np.empty((batch * channels, h_out, w_out), dtype=planes.dtype)
-        argmin = np.empty((batch * channels, h_out, w_out), dtype=np.int32)
-        _raise_if(numba_pool.pool_forward(planes, *kernel, *stride, t_out, argmin), t_in)
-        ctx.argmin, ctx.in_shape = argmin, t_in.shape
-        return torch.from_numpy(t_out).view(batch, channels, h_out, w_out)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        from . import numba_pool
-
-        batch, channels, height, width = ctx.in_shape
-        grad = grad_out.detach().contiguous().numpy().reshape(ctx.argmin.shape)
-        grad_in = np.empty((batch * channels, height * width), dtype=grad.dtype)
-        numba_pool.pool_backward(grad, ctx.argmin, grad_in)  # zeroes grad_in plane by plane
-        return torch.from_numpy(grad_in).view(ctx.in_shape), None, None

@@ -30,7 +30,7 @@ them. ``C_pad`` is ``C_out`` rounded up to a multiple of 8 with zero weights (ne
 gradient), so that every run is whole vectors (for 6 channels: 2.5 -> 1.8 ms for a forward of 64
 samples). Output times are written in PyTorch's ``(C_out, H_out, W_out)`` order; where each input
 lands (a table per geometry, :func:`reach_table`) is computed once, not per spike. As in
-``numba_cpu``, constants are cast to the array dtype and hot loops write only local arrays.
+``numba_linear``, constants are cast to the array dtype and hot loops write only local arrays.
 
 A convolution followed by earliest-spike pooling can run in the same call: each sample's output
 is pooled plane by plane right after its scan (``numba_pool.pool_plane``) and only the pooled
@@ -45,7 +45,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .numba_cpu import _count_invalid, _sorted_spikes
+from .numba_linear import count_invalid, sorted_spikes
 from .numba_pool import pool_plane, pool_plane_backward
 from .reference import SILENT_HORIZON
 
@@ -144,12 +144,29 @@ def reach_table(geometry, c_out):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_out, anchor, inv_slope, n_causal, order, times, n_spikes, pool, t_pool, argmin):  # pragma: no cover
+def relpsp_conv2d_forward(
+    t_flat,
+    keys,
+    weight_f,
+    threshold,
+    geometry,
+    reach,
+    t_out,
+    anchor,
+    inv_slope,
+    n_causal,
+    order,
+    times,
+    n_spikes,
+    pool,
+    t_pool,
+    argmin,
+):  # pragma: no cover
     """Forward scan, and earliest-spike pooling of its output if ``pool`` says so.
 
     Args:
         t_flat: ``(B, C_in*H*W)`` input times, ``inf`` = silent, C-contiguous.
-        keys: ``|t_flat|`` viewed as int32 or int64: sort keys (see ``numba_cpu._sorted_spikes``).
+        keys: ``|t_flat|`` viewed as int32 or int64: sort keys (see ``numba_linear.sorted_spikes``).
         weight_f: ``(C_in*kH, kW*C_pad)`` weights, ``weight_f[c*kH + ky, (kW-1-kx)*C_pad + co] =
             weight[co, c, ky, kx]``: ``kx`` is flipped so that, at stride 1, the output positions
             ``ox, ox+1, ...`` reached by one input use consecutive weights. ``C_pad >= C_out``
@@ -193,13 +210,15 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
     zero = np.zeros(1, dtype=t_flat.dtype)[0]
     bad = 0
     for b in prange(batch):
-        bad += _count_invalid(t_flat[b])
-        count = _sorted_spikes(t_flat[b], keys[b], order[b], times[b])
+        bad += count_invalid(t_flat[b])
+        count = sorted_spikes(t_flat[b], keys[b], order[b], times[b])
         n_spikes[b] = count
         s = np.zeros(n_out, dtype=t_flat.dtype)
         q = np.zeros(n_out, dtype=t_flat.dtype)
         nc = np.zeros(n_out, dtype=t_flat.dtype)  # 0 until the neuron fires
-        latest = np.zeros(h_out * w_out if pool_h == 0 else 0, dtype=t_flat.dtype)  # latest spike of each field, 0 if none
+        latest = np.zeros(
+            h_out * w_out if pool_h == 0 else 0, dtype=t_flat.dtype
+        )  # latest spike of each field, 0 if none
         kbuf = np.zeros(1, dtype=t_flat.dtype)  # casts k to the dtype (zero + k would be float64)
         for k in range(count):
             idx = order[b, k]
@@ -207,7 +226,14 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
             kbuf[0] = k
             kf = kbuf[0]
             c, y, x = reach[idx, 0], reach[idx, 1], reach[idx, 2]
-            oy_lo, oy_hi, ox_lo, ox_hi, n_runs, run = reach[idx, 3], reach[idx, 4], reach[idx, 5], reach[idx, 6], reach[idx, 7], reach[idx, 8]
+            oy_lo, oy_hi, ox_lo, ox_hi, n_runs, run = (
+                reach[idx, 3],
+                reach[idx, 4],
+                reach[idx, 5],
+                reach[idx, 6],
+                reach[idx, 7],
+                reach[idx, 8],
+            )
             if ox_hi < ox_lo:
                 continue
             for oy in range(oy_lo, oy_hi + 1):
@@ -218,7 +244,16 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
                     ox = ox_lo + r
                     j0 = (oy * w_out + ox) * c_out
                     w0 = (k_w - 1 - (x + pad_w - ox * stride_w)) * c_out
-                    _scan_run(s[j0 : j0 + run], q[j0 : j0 + run], nc[j0 : j0 + run], w_row[w0 : w0 + run], t, kf, threshold, zero)
+                    _scan_run(
+                        s[j0 : j0 + run],
+                        q[j0 : j0 + run],
+                        nc[j0 : j0 + run],
+                        w_row[w0 : w0 + run],
+                        t,
+                        kf,
+                        threshold,
+                        zero,
+                    )
         kbuf[0] = count
         cnt = kbuf[0]  # the count as the dtype
         # every neuron's time, inf if it has not fired: one flat loop over the state (it vectorises;
@@ -238,8 +273,14 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
         for e in range(c_real if pool_h > 0 else 0):  # pooled while the output is in cache
             w_lo, w_hi = e * pooled, (e + 1) * pooled
             pool_plane(
-                row[e * plane_out : (e + 1) * plane_out].reshape(h_out, w_out), pool_h, pool_w, pool_sh, pool_sw,
-                t_pool[b, w_lo:w_hi].reshape(pooled_h, pooled_w), argmin[b, w_lo:w_hi].reshape(pooled_h, pooled_w), inf,
+                row[e * plane_out : (e + 1) * plane_out].reshape(h_out, w_out),
+                pool_h,
+                pool_w,
+                pool_sh,
+                pool_sw,
+                t_pool[b, w_lo:w_hi].reshape(pooled_h, pooled_w),
+                argmin[b, w_lo:w_hi].reshape(pooled_h, pooled_w),
+                inf,
             )
             for o in range(w_lo, w_hi):  # the state of each window's earliest neuron (one that fired)
                 where = argmin[b, o]
@@ -251,7 +292,23 @@ def relpsp_conv2d_forward(t_flat, keys, weight_f, threshold, geometry, reach, t_
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
-def relpsp_conv2d_backward(weight_f, grad_out, pool, argmin, inv_slope, anchor, n_causal, order, times, n_spikes, geometry, reach, want_input, grad_in, grad_w_partial):  # pragma: no cover
+def relpsp_conv2d_backward(
+    weight_f,
+    grad_out,
+    pool,
+    argmin,
+    inv_slope,
+    anchor,
+    n_causal,
+    order,
+    times,
+    n_spikes,
+    geometry,
+    reach,
+    want_input,
+    grad_in,
+    grad_w_partial,
+):  # pragma: no cover
     """Input and weight gradients by eqs. 15 and 14, replaying the forward scan.
 
     Args:
@@ -278,7 +335,6 @@ def relpsp_conv2d_backward(weight_f, grad_out, pool, argmin, inv_slope, anchor, 
     batch = grad_in.shape[0]
     _, h_in, w_in, k_h, k_w, stride_h, stride_w, pad_h, pad_w, h_out, w_out = geometry
     c_out = weight_f.shape[1] // k_w
-    plane = h_in * w_in
     zero = np.zeros(1, dtype=grad_in.dtype)[0]
     plane_out = h_out * w_out
     pooled = pool[0] > 0
@@ -292,7 +348,9 @@ def relpsp_conv2d_backward(weight_f, grad_out, pool, argmin, inv_slope, anchor, 
             nc = np.zeros(plane_out * c_out, dtype=grad_in.dtype)
             for e in range(c_real):
                 w_lo, w_hi = e * per_plane, (e + 1) * per_plane
-                pool_plane_backward(grad_out[b, w_lo:w_hi], argmin[b, w_lo:w_hi], g[e * plane_out : (e + 1) * plane_out])
+                pool_plane_backward(
+                    grad_out[b, w_lo:w_hi], argmin[b, w_lo:w_hi], g[e * plane_out : (e + 1) * plane_out]
+                )
                 for o in range(w_lo, w_hi):
                     where = argmin[b, o]
                     if where >= 0:
@@ -315,7 +373,14 @@ def relpsp_conv2d_backward(weight_f, grad_out, pool, argmin, inv_slope, anchor, 
             kbuf[0] = k
             kf = kbuf[0]
             c, y, x = reach[idx, 0], reach[idx, 1], reach[idx, 2]
-            oy_lo, oy_hi, ox_lo, ox_hi, n_runs, run = reach[idx, 3], reach[idx, 4], reach[idx, 5], reach[idx, 6], reach[idx, 7], reach[idx, 8]
+            oy_lo, oy_hi, ox_lo, ox_hi, n_runs, run = (
+                reach[idx, 3],
+                reach[idx, 4],
+                reach[idx, 5],
+                reach[idx, 6],
+                reach[idx, 7],
+                reach[idx, 8],
+            )
             if ox_hi < ox_lo:
                 continue
             acc = zero
@@ -329,11 +394,19 @@ def relpsp_conv2d_backward(weight_f, grad_out, pool, argmin, inv_slope, anchor, 
                     w0 = (k_w - 1 - (x + pad_w - ox * stride_w)) * c_out
                     if want_input:
                         acc += _grad_run(
-                            a[j0 : j0 + run], t_j[j0 : j0 + run], nc[j0 : j0 + run],
-                            w_row[w0 : w0 + run], g_row[w0 : w0 + run], t_i, kf, zero,
+                            a[j0 : j0 + run],
+                            t_j[j0 : j0 + run],
+                            nc[j0 : j0 + run],
+                            w_row[w0 : w0 + run],
+                            g_row[w0 : w0 + run],
+                            t_i,
+                            kf,
+                            zero,
                         )
                     else:
-                        _grad_run_weight(a[j0 : j0 + run], t_j[j0 : j0 + run], nc[j0 : j0 + run], g_row[w0 : w0 + run], t_i, kf)
+                        _grad_run_weight(
+                            a[j0 : j0 + run], t_j[j0 : j0 + run], nc[j0 : j0 + run], g_row[w0 : w0 + run], t_i, kf
+                        )
             if want_input:
                 grad_in[b, idx] = acc
         grad_w_partial[b] = gw
@@ -357,7 +430,7 @@ def weight_layout(weight, c_pad):  # pragma: no cover - compiled
 def weight_gradient(grad_w_partial, c_out, k_h, k_w):  # pragma: no cover - compiled
     """The weight gradient ``(C_out, C_in, kH, kW)`` from the per-sample gradients of
     :func:`relpsp_conv2d_backward` (``(B, C_in*kH, kW*C_pad)``), summed over the batch in order
-    (reproducible for any thread count) and saturated as ``numba_cpu.saturate_`` does."""
+    (reproducible for any thread count) and saturated as ``numba_linear.saturate_`` does."""
     batch, rows, cols = grad_w_partial.shape
     total = np.zeros((rows, cols), dtype=grad_w_partial.dtype)
     for b in range(batch):

@@ -1,5 +1,5 @@
 """The first-spike cross-entropy (eq. 13) and its gradient in one numba call, for the fused
-training step (``stdbp.fused``): the same definition as ``stdbp.functional.first_spike_cross_entropy``
+training step (``stdbp.training.step``): the same definition as ``stdbp.functional.first_spike_cross_entropy``
 (silent outputs count as the latest output spike of the batch plus ``5 * tau``, or as
 ``silent_time``, and pass their gradient on), a handful of small tensor operations there.
 Agrees with it, and with autograd's gradient of it, to float rounding (``tests/test_fused_step.py``).

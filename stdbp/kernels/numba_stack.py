@@ -1,14 +1,14 @@
 """A stack of fully connected ReL-PSP layers: the forward in one kernel call (numba, CPU).
 
 The forward pass takes one sample at a time through every layer (in parallel over the batch):
-sort the layer's spiking inputs, scan them (``numba_cpu._scan_block``), write the outputs, and
+sort the layer's spiking inputs, scan them (``numba_linear.scan_block``), write the outputs, and
 go on to the next layer while the sample's spike times are still in cache.
 
 The backward pass goes down the stack a layer at a time. Eqs. 14-15 sum over the causal pairs of
 (spiking input, neuron); they are summed over each neuron's causal prefix of the sorted inputs
-(``numba_cpu``; ``relpsp_linear_backward_input_narrow`` for layers of up to
-``numba_cpu.NARROW`` neurons), eq. 14 also over all pairs
-(``numba_cpu.relpsp_linear_backward_weight_rows``), or as matrix products over all pairs
+(``numba_linear``; ``relpsp_linear_backward_input_narrow`` for layers of up to
+``numba_linear_backward.NARROW`` neurons), eq. 14 also over all pairs
+(``numba_linear_backward.relpsp_linear_backward_weight_rows``), or as matrix products over all pairs
 (``torch.mm``, about ten times cheaper per pair here) less the non-causal pairs (:func:`input_gradient` with ``dense``, :func:`weight_gradient_correction`),
 which wins when nearly every input spikes and is causal. ``numba_autograd`` picks per layer.
 
@@ -16,8 +16,8 @@ Per layer ``l`` of ``N_l -> N_{l+1}`` neurons, arrays come in tuples with one en
 ``weights[l]`` is the transposed weight ``(N_l, N_{l+1})``, C-contiguous; ``t[l]`` the layer's
 input times ``(B, N_l)`` (``t[L]`` the network's output); ``order[l]``, ``times[l]`` its sorted
 spiking inputs ``(B, N_l)``; ``anchor[l]``, ``inv_slope[l]``, ``n_causal[l]`` ``(B, N_{l+1})``
-as in ``numba_cpu.relpsp_linear_forward``. Spike times, and gradients summed over causal
-prefixes, are the same, bit for bit, as running ``numba_cpu`` layer by layer.
+as in ``numba_linear.relpsp_linear_forward``. Spike times, and gradients summed over causal
+prefixes, are the same, bit for bit, as running ``numba_linear`` layer by layer.
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .numba_cpu import _count_invalid, _finish, _input_grad_row, _scan_block, _sorted_spikes, block_width
+from .numba_linear import block_width, count_invalid, finish_scan, scan_block, sorted_spikes
+from .numba_linear_backward import input_grad_row
 from .reference import SILENT_HORIZON
 
 
 @njit(parallel=True, cache=True)
-def stack_forward(weights, widths, thresholds, t, keys, anchor, inv_slope, n_causal, order, times, n_spikes, first_fire):  # pragma: no cover
+def stack_forward(
+    weights, widths, thresholds, t, keys, anchor, inv_slope, n_causal, order, times, n_spikes, first_fire
+):  # pragma: no cover
     """Forward pass of the stack (eq. 12 per layer); see the module docstring for the arrays.
 
     ``t[0]`` holds the input times (``>= 0`` or ``inf``; ``-0.0`` is taken as ``0.0``) and is
@@ -61,7 +64,7 @@ def stack_forward(weights, widths, thresholds, t, keys, anchor, inv_slope, n_cau
     horizon = np.full(1, SILENT_HORIZON, dtype=t[0].dtype)[0]
     bad = 0
     for b in prange(batch):
-        bad += _count_invalid(t[0][b])
+        bad += count_invalid(t[0][b])
         s = np.empty(widest, dtype=t[0].dtype)
         r = np.empty(widest, dtype=t[0].dtype)
         n = np.empty(widest, dtype=t[0].dtype)
@@ -69,7 +72,7 @@ def stack_forward(weights, widths, thresholds, t, keys, anchor, inv_slope, n_cau
         for l in range(n_layers):
             weight_t = weights[l]
             order_row, times_row = order[l][b], times[l][b]
-            count = _sorted_spikes(t[l][b], keys[l][b], order_row, times_row)
+            count = sorted_spikes(t[l][b], keys[l][b], order_row, times_row)
             n_spikes[l, b] = count
             threshold = thresholds[l]
             t_ref = (times_row[count - 1] if count > 0 else zero) + horizon
@@ -84,11 +87,18 @@ def stack_forward(weights, widths, thresholds, t, keys, anchor, inv_slope, n_cau
                 a[:width] = one
                 for j in range(max(0, widths[l] - lo), width):  # padding
                     a[j] = zero
-                _scan_block(times_row, order_row, count, weight_t, lo, s[:width], r[:width], n[:width], a[:width])
+                scan_block(times_row, order_row, count, weight_t, lo, s[:width], r[:width], n[:width], a[:width])
                 real = max(0, min(hi, widths[l]) - lo)  # the block's neurons that are not padding
-                _finish(
-                    s[:real], r[:real], n[:real], a[:real], t_ref,
-                    t[l + 1][b, lo : lo + real], anchor[l][b, lo : lo + real], inv_slope[l][b, lo : lo + real], n_causal[l][b, lo : lo + real],
+                finish_scan(
+                    s[:real],
+                    r[:real],
+                    n[:real],
+                    a[:real],
+                    t_ref,
+                    t[l + 1][b, lo : lo + real],
+                    anchor[l][b, lo : lo + real],
+                    inv_slope[l][b, lo : lo + real],
+                    n_causal[l][b, lo : lo + real],
                 )
             shortest = count
             for j in range(widths[l]):
@@ -153,10 +163,12 @@ def abs_max(x):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def input_gradient(weight_t, n_out, a, n_causal, order, n_spikes, dense, first_fire, grad_in):  # pragma: no cover - compiled
-    """Eq. 15 for one layer, ``grad_in`` ``(B, N_in)``, saturated as ``numba_cpu.saturate_`` does.
+def input_gradient(
+    weight_t, n_out, a, n_causal, order, n_spikes, dense, first_fire, grad_in
+):  # pragma: no cover - compiled
+    """Eq. 15 for one layer, ``grad_in`` ``(B, N_in)``, saturated as ``numba_linear.saturate_`` does.
 
-    ``dense=False``: the sums over the causal prefix (``numba_cpu._input_grad_row``);
+    ``dense=False``: the sums over the causal prefix (``numba_linear_backward.input_grad_row``);
     ``grad_in`` needs no zeroing. ``dense=True``: ``grad_in`` holds ``a @ weight_t.T``, the sums
     over all neurons; the entries of silent inputs are set to 0 and, for the spiking ones, the
     neurons for which they are not causal (from the ``first_fire``-th spike on) are subtracted.
@@ -173,10 +185,10 @@ def input_gradient(weight_t, n_out, a, n_causal, order, n_spikes, dense, first_f
             out[:] = zero
             for k in range(count):
                 out[order[b, k]] = kept[k]
-            _input_grad_row(weight_t, n_out, a[b], n_causal[b], order[b], first_fire[b], count, True, out)
+            input_grad_row(weight_t, n_out, a[b], n_causal[b], order[b], first_fire[b], count, True, out)
         else:
             out[:] = zero
-            _input_grad_row(weight_t, n_out, a[b], n_causal[b], order[b], 0, count, False, out)
+            input_grad_row(weight_t, n_out, a[b], n_causal[b], order[b], 0, count, False, out)
         for i in range(out.shape[0]):
             g = out[i]
             if not abs(g) <= big:
@@ -184,7 +196,9 @@ def input_gradient(weight_t, n_out, a, n_causal, order, n_spikes, dense, first_f
 
 
 @njit(parallel=True, cache=True, fastmath={"contract"})
-def weight_gradient_correction(times, a, anchor, n_causal, order, n_spikes, first_fire, all_spike, n_parts, grad_w_t):  # pragma: no cover
+def weight_gradient_correction(
+    times, a, anchor, n_causal, order, n_spikes, first_fire, all_spike, n_parts, grad_w_t
+):  # pragma: no cover
     """``grad_w_t[i, j] -= sum_b a[b, j] * (t_i - t_j)`` over the spiking inputs ``i`` that are not
     causal for ``j``: turns the sum over all spiking inputs (a matrix product) into eq. 14.
 

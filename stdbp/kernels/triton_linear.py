@@ -1,4 +1,4 @@
-"""ReL-PSP linear kernel in Triton, for CUDA devices: the scan of ``numba_cpu``, one program per
+"""ReL-PSP linear kernel in Triton, for CUDA devices: the scan of ``numba_linear``, one program per
 (sample, block of neurons).
 
 The forward pass sorts each sample's input times on the device (``torch.sort``, stable, so
@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import saturate
 from .reference import SILENT_HORIZON
+from .saturation import saturate
 
 #: Neurons per program.
 BLOCK_N = 128
@@ -35,9 +35,18 @@ ROW_PARTS = 8
 
 @triton.jit
 def _forward_kernel(
-    times_ptr, order_ptr, count_ptr, weight_t_ptr, scalars_ptr,
-    t_out_ptr, anchor_ptr, inv_slope_ptr, n_causal_ptr,
-    n_in, n_out, BLOCK: tl.constexpr,
+    times_ptr,
+    order_ptr,
+    count_ptr,
+    weight_t_ptr,
+    scalars_ptr,
+    t_out_ptr,
+    anchor_ptr,
+    inv_slope_ptr,
+    n_causal_ptr,
+    n_in,
+    n_out,
+    BLOCK: tl.constexpr,
 ):  # pragma: no cover - compiled (or interpreted)
     b = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -50,7 +59,7 @@ def _forward_kernel(
     r = s + threshold
     n = s + zero
     alive = s + 1
-    for k in range(0, count):
+    for k in range(count):
         t = tl.load(times_ptr + b * n_in + k)
         t_next = tl.load(times_ptr + b * n_in + k + 1, mask=k + 1 < count, other=float("inf"))
         i = tl.load(order_ptr + b * n_in + k)
@@ -74,8 +83,18 @@ def _forward_kernel(
 
 @triton.jit
 def _weight_grad_kernel(
-    times_ptr, order_ptr, count_ptr, grad_scaled_ptr, anchor_ptr, n_causal_ptr, grad_w_t_ptr,
-    batch, n_in, n_out, rows_per_part, BLOCK: tl.constexpr,
+    times_ptr,
+    order_ptr,
+    count_ptr,
+    grad_scaled_ptr,
+    anchor_ptr,
+    n_causal_ptr,
+    grad_w_t_ptr,
+    batch,
+    n_in,
+    n_out,
+    rows_per_part,
+    BLOCK: tl.constexpr,
 ):  # pragma: no cover - compiled (or interpreted)
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = cols < n_out
@@ -83,12 +102,12 @@ def _weight_grad_kernel(
     i_hi = tl.minimum(i_lo + rows_per_part, n_in)
     for i in range(i_lo, i_hi):
         tl.store(grad_w_t_ptr + i * n_out + cols, tl.zeros([BLOCK], dtype=grad_w_t_ptr.dtype.element_ty), mask=valid)
-    for b in range(0, batch):
+    for b in range(batch):
         a = tl.load(grad_scaled_ptr + b * n_out + cols, mask=valid, other=0.0)
         t_j = tl.load(anchor_ptr + b * n_out + cols, mask=valid, other=0.0)
         nc = tl.load(n_causal_ptr + b * n_out + cols, mask=valid, other=0.0)
         count = tl.load(count_ptr + b)
-        for k in range(0, count):
+        for k in range(count):
             i = tl.load(order_ptr + b * n_in + k)
             t_i = tl.load(times_ptr + b * n_in + k)
             row = cols * 0 + i  # the row as a block, so that the mask is a block of booleans
@@ -100,12 +119,19 @@ def _weight_grad_kernel(
 
 @triton.jit
 def _input_grad_kernel(
-    order_ptr, count_ptr, grad_scaled_ptr, n_causal_ptr, weight_t_ptr, grad_in_ptr,
-    n_in, n_out, BLOCK: tl.constexpr,
+    order_ptr,
+    count_ptr,
+    grad_scaled_ptr,
+    n_causal_ptr,
+    weight_t_ptr,
+    grad_in_ptr,
+    n_in,
+    n_out,
+    BLOCK: tl.constexpr,
 ):  # pragma: no cover - compiled (or interpreted)
     b = tl.program_id(0)
     count = tl.load(count_ptr + b)
-    for k in range(0, count):
+    for k in range(count):
         i = tl.load(order_ptr + b * n_in + k)
         acc = tl.zeros([BLOCK], dtype=grad_in_ptr.dtype.element_ty)
         for start in range(0, n_out, BLOCK):
@@ -131,9 +157,13 @@ class RelpspLinearTriton(torch.autograd.Function):
         order = order.to(torch.int32)
         count = torch.isfinite(times).sum(dim=1, dtype=torch.int32)
         scalars = torch.tensor([threshold, SILENT_HORIZON], dtype=t_in.dtype, device=t_in.device)
-        t_out, anchor, inv_slope, n_causal = (torch.empty(batch, n_out, dtype=t_in.dtype, device=t_in.device) for _ in range(4))
+        t_out, anchor, inv_slope, n_causal = (
+            torch.empty(batch, n_out, dtype=t_in.dtype, device=t_in.device) for _ in range(4)
+        )
         grid = (batch, triton.cdiv(n_out, BLOCK_N))
-        _forward_kernel[grid](times, order, count, weight_t, scalars, t_out, anchor, inv_slope, n_causal, n_in, n_out, BLOCK=BLOCK_N)
+        _forward_kernel[grid](
+            times, order, count, weight_t, scalars, t_out, anchor, inv_slope, n_causal, n_in, n_out, BLOCK=BLOCK_N
+        )
         ctx.save_for_backward(times, order, count, weight_t, anchor, inv_slope, n_causal)
         return t_out
 
@@ -148,10 +178,14 @@ class RelpspLinearTriton(torch.autograd.Function):
             grad_w_t = torch.empty_like(weight_t)
             rows = triton.cdiv(n_in, ROW_PARTS)
             grid = (triton.cdiv(n_out, BLOCK_N), triton.cdiv(n_in, rows))
-            _weight_grad_kernel[grid](times, order, count, grad_scaled, anchor, n_causal, grad_w_t, batch, n_in, n_out, rows, BLOCK=BLOCK_N)
+            _weight_grad_kernel[grid](
+                times, order, count, grad_scaled, anchor, n_causal, grad_w_t, batch, n_in, n_out, rows, BLOCK=BLOCK_N
+            )
             grad_w = saturate(grad_w_t).t()
         if ctx.needs_input_grad[0]:
             grad_in = torch.zeros(batch, n_in, dtype=times.dtype, device=times.device)
-            _input_grad_kernel[(batch,)](order, count, grad_scaled, n_causal, weight_t, grad_in, n_in, n_out, BLOCK=BLOCK_N)
+            _input_grad_kernel[(batch,)](
+                order, count, grad_scaled, n_causal, weight_t, grad_in, n_in, n_out, BLOCK=BLOCK_N
+            )
             grad_t = saturate(grad_in)
         return grad_t, grad_w, None

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
-from .errors import ArchitectureError
-from .alpha_psp import AlphaSpikingLinear
-from .layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
+from .. import functional as F
+from ..errors import ArchitectureError
+from .layers import AlphaSpikingLinear, EarliestSpikePool2d, SpikingConv2d, SpikingLinear
 
 __all__ = ["LayerSpec", "parse_arch", "build", "SpikingNetwork", "NEURONS"]
 
@@ -86,7 +85,9 @@ def _token(spec: LayerSpec) -> str:
     return str(spec.size)
 
 
-def _spatial_layer(spec: LayerSpec, shape: tuple[int, ...], arch: str, threshold: float, backend: str | None) -> tuple[nn.Module, tuple[int, int, int]]:
+def _spatial_layer(
+    spec: LayerSpec, shape: tuple[int, ...], arch: str, threshold: float, backend: str | None
+) -> tuple[nn.Module, tuple[int, int, int]]:
     """The conv or pool layer for ``spec`` on an input map of ``shape = (C, H, W)``, and its output shape."""
     token = _token(spec)
     if len(shape) != 3:
@@ -98,9 +99,15 @@ def _spatial_layer(spec: LayerSpec, shape: tuple[int, ...], arch: str, threshold
     k = spec.kernel
     if k > height or k > width:
         what = "convolution kernel" if spec.kind == "conv" else "pooling window"
-        raise ArchitectureError(f"{token!r} in architecture {arch!r}: its {what} {k}x{k} is larger than its {height}x{width} input map")
+        raise ArchitectureError(
+            f"{token!r} in architecture {arch!r}: its {what} {k}x{k} is larger than its {height}x{width} input map"
+        )
     if spec.kind == "conv":
-        return SpikingConv2d(channels, spec.size, k, threshold=threshold, backend=backend), (spec.size, height - k + 1, width - k + 1)
+        return SpikingConv2d(channels, spec.size, k, threshold=threshold, backend=backend), (
+            spec.size,
+            height - k + 1,
+            width - k + 1,
+        )
     return EarliestSpikePool2d(k, backend=backend), (channels, height // k, width // k)
 
 
@@ -120,7 +127,14 @@ class SpikingNetwork(nn.Module):
     ``(B, N)`` for fully connected layers (and for the input of a fully connected network).
     """
 
-    def __init__(self, arch: str, threshold: float = 1.0, backend: str | None = None, neuron: str = "relpsp", psp_tau: float = 1.0) -> None:
+    def __init__(
+        self,
+        arch: str,
+        threshold: float = 1.0,
+        backend: str | None = None,
+        neuron: str = "relpsp",
+        psp_tau: float = 1.0,
+    ) -> None:
         super().__init__()
         if neuron not in NEURONS:
             raise ArchitectureError(f"unknown neuron kernel {neuron!r}; choose one of {', '.join(NEURONS)}")
@@ -137,7 +151,9 @@ class SpikingNetwork(nn.Module):
         for spec in specs[1:]:
             if spec.kind in ("conv", "pool"):
                 if neuron != "relpsp":
-                    raise ArchitectureError(f"the {neuron} neuron has fully connected layers only; {_token(spec)!r} in {arch!r} is not available")
+                    raise ArchitectureError(
+                        f"the {neuron} neuron has fully connected layers only; {_token(spec)!r} in {arch!r} is not available"
+                    )
                 layer, shape = _spatial_layer(spec, shape, arch, threshold, backend)
             else:
                 features = int(torch.tensor(shape).prod())
@@ -159,14 +175,18 @@ class SpikingNetwork(nn.Module):
         """``t_in`` in the shape the first layer takes: ``(B, *input_shape)`` for a spatial network, else ``(B, input_size)``."""
         size = math.prod(self.input_shape)
         if self.spatial:
-            if (t_in.dim() == 4 and tuple(t_in.shape[1:]) == self.input_shape) or (t_in.dim() == 2 and t_in.shape[1] == size):
+            if (t_in.dim() == 4 and tuple(t_in.shape[1:]) == self.input_shape) or (
+                t_in.dim() == 2 and t_in.shape[1] == size
+            ):
                 return t_in.reshape(t_in.shape[0], *self.input_shape)
             expected = f"(batch, {', '.join(map(str, self.input_shape))}) or (batch, {size})"
         else:
             if t_in.dim() >= 2 and t_in[0].numel() == size:
                 return t_in.reshape(t_in.shape[0], size)
             expected = f"(batch, {size})"
-        raise ArchitectureError(f"input of shape {tuple(t_in.shape)} does not fit architecture {self.arch!r}, which expects {expected}")
+        raise ArchitectureError(
+            f"input of shape {tuple(t_in.shape)} does not fit architecture {self.arch!r}, which expects {expected}"
+        )
 
     def forward_all(self, t_in: Tensor) -> list[Tensor]:
         """Spike times of every layer, input first: ``[t_0, t_1, ...]``, shapes as in the class docstring."""
@@ -193,7 +213,16 @@ class SpikingNetwork(nn.Module):
                 t = _run_stack(t, layers)  # type: ignore[arg-type]
             elif kind == "conv_pool":
                 conv, pool = layers
-                t = F.relpsp_conv2d_pool(t, conv.weight, conv.threshold, conv.stride, conv.padding, pool.kernel_size, pool.stride, conv.backend)  # type: ignore[arg-type]
+                t = F.relpsp_conv2d_pool(
+                    t,
+                    conv.weight,
+                    conv.threshold,
+                    conv.stride,
+                    conv.padding,
+                    pool.kernel_size,
+                    pool.stride,
+                    conv.backend,
+                )  # type: ignore[arg-type]
             else:
                 t = layers[0](t.flatten(1) if isinstance(layers[0], AlphaSpikingLinear) and t.dim() > 2 else t)
         return t
@@ -228,7 +257,13 @@ def _hookless(layer: nn.Module) -> bool:
 
 def _fusable(conv: nn.Module, pool: nn.Module) -> bool:
     """Whether a convolution and the pooling after it may run as one :func:`stdbp.functional.relpsp_conv2d_pool`."""
-    return isinstance(conv, SpikingConv2d) and isinstance(pool, EarliestSpikePool2d) and conv.backend == pool.backend and _hookless(conv) and _hookless(pool)
+    return (
+        isinstance(conv, SpikingConv2d)
+        and isinstance(pool, EarliestSpikePool2d)
+        and conv.backend == pool.backend
+        and _hookless(conv)
+        and _hookless(pool)
+    )
 
 
 def _stackable(layer: nn.Module) -> bool:
@@ -243,10 +278,14 @@ def _run_stack(t: Tensor, run: list[SpikingLinear]) -> Tensor:
     t = t.flatten(1) if t.dim() > 2 else t
     if len(run) == 1:
         return run[0](t)
-    return F.relpsp_linear_stack(t, [layer.weight for layer in run], [layer.threshold for layer in run], run[0].backend)
+    return F.relpsp_linear_stack(
+        t, [layer.weight for layer in run], [layer.threshold for layer in run], run[0].backend, run[0].backward
+    )
 
 
-def build(arch: str, threshold: float = 1.0, backend: str | None = None, neuron: str = "relpsp", psp_tau: float = 1.0) -> SpikingNetwork:
+def build(
+    arch: str, threshold: float = 1.0, backend: str | None = None, neuron: str = "relpsp", psp_tau: float = 1.0
+) -> SpikingNetwork:
     """Build a spiking network from the paper's notation, e.g. ``build("784-800-10")``.
 
     ``neuron="alpha"`` builds the same fully connected network of alpha-PSP neurons (eq. 2, time

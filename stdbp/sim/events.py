@@ -1,6 +1,6 @@
 r"""Event-driven simulation of a spiking network, one image at a time, in global time order.
 
-The tensor forward (:meth:`stdbp.models.SpikingNetwork.forward_all`) computes one layer after
+The tensor forward (:meth:`stdbp.nn.network.SpikingNetwork.forward_all`) computes one layer after
 the other for a whole batch. This simulator instead does what a neuromorphic chip would: it
 keeps one state per neuron and processes spikes one by one, in time order across *all*
 layers, so that it can stop at the decision and count the synaptic events spent up to it.
@@ -44,8 +44,8 @@ import numpy as np
 from numba import njit
 from torch import Tensor
 
-from .layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
-from .models import SpikingNetwork
+from ..nn.layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
+from ..nn.network import SpikingNetwork
 
 __all__ = ["EventNetwork", "EventResult", "event_network", "simulate"]
 
@@ -108,7 +108,9 @@ def _pair(value: int | tuple[int, int] | None, default: tuple[int, int]) -> tupl
 def event_network(model: SpikingNetwork) -> EventNetwork:
     """Flatten ``model`` (any ReL-PSP network that :func:`stdbp.build` makes) for :func:`simulate`."""
     shape = tuple(model.input_shape) if model.spatial else (int(np.prod(model.input_shape)),)
-    rows = [[INPUT, int(np.prod(shape)), 0, *(shape if len(shape) == 3 else (shape[0], 1, 1)), 0, 0, 1, 1, 0, 0, 0, 0, 0]]
+    rows = [
+        [INPUT, int(np.prod(shape)), 0, *(shape if len(shape) == 3 else (shape[0], 1, 1)), 0, 0, 1, 1, 0, 0, 0, 0, 0]
+    ]
     shapes, weights, thresholds = [shape], [], [0.0]
     n_weights = n_cross = n_neurons = 0
     for layer in model.layers:
@@ -229,7 +231,15 @@ def _deliver(table, weights, thresholds, layer, i, t, state):  # pragma: no cove
     if kind == DENSE:  # every neuron of the layer, and so every block
         n = table[layer, N]
         row = table[layer, WOFF] + i * n
-        _receive_all(weights[row : row + n], t, threshold, s[off : off + n], q[off : off + n], t_spike[off : off + n], cross_t[c0 : c0 + n])
+        _receive_all(
+            weights[row : row + n],
+            t,
+            threshold,
+            s[off : off + n],
+            q[off : off + n],
+            t_spike[off : off + n],
+            cross_t[c0 : c0 + n],
+        )
         for b in range(c0 // BLOCK, c0 // BLOCK + table[layer, NB]):
             _refresh_block(cross_t, block_t, block_i, b)
         _refresh_layer(table, layer, block_t, block_i, layer_t, layer_i)
@@ -289,7 +299,9 @@ def _next_event(table, state):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _simulate_one(t_in, table, weights, thresholds, stop_at_decision, t_end, state, synops_dec, synops_tot):  # pragma: no cover - compiled
+def _simulate_one(
+    t_in, table, weights, thresholds, stop_at_decision, t_end, state, synops_dec, synops_tot
+):  # pragma: no cover - compiled
     """Simulate one image, from a fresh ``state``; fill the SynOps rows; return ``(decision, decision_time)``."""
     t_spike, s, q, cross_t, block_t, block_i, layer_t, layer_i, fifo, head, tail, dirty, stack = state
     for array in (t_spike, cross_t, block_t, layer_t):
@@ -334,7 +346,9 @@ def _simulate_one(t_in, table, weights, thresholds, stop_at_decision, t_end, sta
 
 
 @njit(cache=True, nogil=True)
-def _simulate_batch(t_in, table, weights, thresholds, stop_at_decision, t_end, spikes, decision, t_decision, synops_dec, synops_tot):  # pragma: no cover - compiled
+def _simulate_batch(
+    t_in, table, weights, thresholds, stop_at_decision, t_end, spikes, decision, t_decision, synops_dec, synops_tot
+):  # pragma: no cover - compiled
     """:func:`_simulate_one` for each row of ``t_in`` ``(B, N_0)``; ``spikes`` is ``(B, all neurons)``."""
     n_all, n_layers = spikes.shape[1], table.shape[0]
     n_cross = table[-1, COFF] + table[-1, NB] * BLOCK
@@ -355,7 +369,9 @@ def _simulate_batch(t_in, table, weights, thresholds, stop_at_decision, t_end, s
             np.zeros(n_blocks, dtype=np.bool_),  # dirty blocks during a delivery
             np.empty(n_blocks, dtype=np.int64),  # and their stack
         )
-        decision[b], t_decision[b] = _simulate_one(t_in[b], table, weights, thresholds, stop_at_decision, t_end, state, synops_dec[b], synops_tot[b])
+        decision[b], t_decision[b] = _simulate_one(
+            t_in[b], table, weights, thresholds, stop_at_decision, t_end, state, synops_dec[b], synops_tot[b]
+        )
 
 
 def simulate(
@@ -380,7 +396,11 @@ def simulate(
     net = model if isinstance(model, EventNetwork) else event_network(model)
     times = t_in.detach().cpu().numpy() if isinstance(t_in, Tensor) else np.asarray(t_in)
     batch = times.shape[0] if times.ndim >= 1 else 0
-    times = np.ascontiguousarray(times, dtype=np.float64).reshape(batch, -1) if batch else np.zeros((0, int(net.table[0, N])))
+    times = (
+        np.ascontiguousarray(times, dtype=np.float64).reshape(batch, -1)
+        if batch
+        else np.zeros((0, int(net.table[0, N])))
+    )
     if times.shape[1] != net.table[0, N]:
         raise ValueError(f"t_in has {times.shape[1]} times per sample, the network takes {int(net.table[0, N])}")
     if np.isnan(times).any() or (times < 0).any():
@@ -391,7 +411,19 @@ def simulate(
     t_decision = np.empty(batch)
     synops_dec = np.zeros((batch, n_layers), dtype=np.int64)
     synops_tot = np.zeros((batch, n_layers), dtype=np.int64)
-    _simulate_batch(times, net.table, net.weights, net.thresholds, bool(stop_at_decision), float(t_end), spikes, decision, t_decision, synops_dec, synops_tot)
+    _simulate_batch(
+        times,
+        net.table,
+        net.weights,
+        net.thresholds,
+        bool(stop_at_decision),
+        float(t_end),
+        spikes,
+        decision,
+        t_decision,
+        synops_dec,
+        synops_tot,
+    )
     bounds = list(net.table[:, OFF]) + [spikes.shape[1]]
     layers = [spikes[:, bounds[l] : bounds[l + 1]].reshape(batch, *net.shapes[l]) for l in range(n_layers)]
     return EventResult(layers, decision, t_decision, synops_dec, synops_tot)

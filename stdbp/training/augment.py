@@ -24,7 +24,9 @@ def affine_transform(images: Tensor, angles: Tensor, scales: Tensor) -> Tensor:
     theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
     theta[:, 1, 0], theta[:, 1, 1] = sin, cos
     grid = torch.nn.functional.affine_grid(theta, [batch, 1, *images.shape[1:]], align_corners=False)
-    out = torch.nn.functional.grid_sample(images.unsqueeze(1).to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = torch.nn.functional.grid_sample(
+        images.unsqueeze(1).to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     out = out.squeeze(1)
     return out if images.is_floating_point() else out.round().to(images.dtype)
 

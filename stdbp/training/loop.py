@@ -8,29 +8,32 @@ object per epoch), ``checkpoint.pt`` (everything needed to resume, written every
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from . import functional as F
+from .. import functional as F
+from ..checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from ..encoding import latency_encode
+from ..errors import RunDirError, StdbpError
+from ..kernels import all_finite, numba_cache_ready
+from ..nn.network import SpikingNetwork, build
 from .augment import jitter_times, random_affine, random_shift
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .data import Split, load_dataset
-from .encoding import latency_encode
-from .errors import RunDirError, StdbpError
-from .fused import loss_and_backward
-from .kernels import all_finite
-from .models import SpikingNetwork, build
+from .step import loss_and_backward
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,9 @@ def encode(images: Tensor, t_max: float) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: SpikingNetwork, split: Split, t_max: float = 1.0, batch_size: int = 1000, progress: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: SpikingNetwork, split: Split, t_max: float = 1.0, batch_size: int = 1000, progress: bool = False
+) -> dict[str, Any]:
     """Accuracy of first-spike decisions on ``split``: ``{"accuracy", "correct", "n", "silent"}``."""
     correct = silent = 0
     batches = range(0, len(split), batch_size)
@@ -127,12 +132,10 @@ class _StopRequest:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopRequest":
+    def __enter__(self) -> _StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not in the main thread
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -147,15 +150,33 @@ class TrainingInterrupted(Exception):
     """Training stopped on a signal after saving a checkpoint."""
 
     def __init__(self, run_dir: Path, signum: int) -> None:
-        super().__init__(f"interrupted by signal {signum}; checkpoint saved, continue with: stdbp train --resume {run_dir}")
+        super().__init__(
+            f"interrupted by signal {signum}; checkpoint saved, continue with: stdbp train --resume {run_dir}"
+        )
         self.signum = signum
 
 
+def _holds_run(out: Path) -> bool:
+    return (out / "checkpoint.pt").exists() or (out / "model.pt").exists()
+
+
+def fresh_run_dir(base: str | Path) -> Path:
+    """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none:
+    a default run directory is never overwritten."""
+    base = Path(base)
+    candidate, number = base, 1
+    while _holds_run(candidate):
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
+
+
 def _prepare_run_dir(out: Path, force: bool) -> None:
-    if (out / "checkpoint.pt").exists() or (out / "model.pt").exists():
-        if not force:
-            state = "a finished run" if (out / "model.pt").exists() else "an unfinished run"
-            raise RunDirError(f"{out} already holds {state}; use --resume {out} to continue it, --force to overwrite, or another --out")
+    if _holds_run(out) and not force:
+        state = "a finished run" if (out / "model.pt").exists() else "an unfinished run"
+        raise RunDirError(
+            f"{out} already holds {state}; use --resume {out} to continue it, --force to overwrite, or another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -243,14 +264,29 @@ def train(
         )
 
     last: dict[str, Any] = metrics[-1] if metrics else {}
+    compiling = not numba_cache_ready() and next(model.parameters()).device.type == "cpu"
+    if compiling:
+        print(
+            "stdbp: compiling the numba kernels for this machine (first run only, about 30 s on 2 cores) ...",
+            file=sys.stderr,
+            flush=True,
+        )
     with _StopRequest() as stop:
         while step < total_steps:
             epoch = step // steps_per_epoch
-            order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+            order = torch.randperm(
+                len(train_split), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+            )
             start_time = time.perf_counter()
             if step % steps_per_epoch == 0:
                 running = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0}
-            bar = tqdm(total=steps_per_epoch, initial=step % steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=step % steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                disable=not progress,
+                leave=False,
+            )
             model.train()
             while step < (epoch + 1) * steps_per_epoch:
                 batch_index = order[(step % steps_per_epoch) * config.batch_size :][: config.batch_size]
@@ -259,7 +295,16 @@ def train(
                 t_in = jitter_times(encode(images, config.t_max), config.jitter, augment_rng)
                 labels = train_split.labels[batch_index]
                 optimizer.zero_grad(set_to_none=True)
-                loss, t_out = loss_and_backward(model, t_in, labels, tau=config.tau)  # loss.backward(), without the graph
+                loss, t_out = loss_and_backward(
+                    model, t_in, labels, tau=config.tau
+                )  # loss.backward(), without the graph
+                if compiling:
+                    print(
+                        f"stdbp: kernels compiled ({time.perf_counter() - start_time:.0f} s); training",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    compiling = False
                 loss_value = loss.item()
                 if math.isfinite(loss_value) and all_finite(p.grad for p in model.parameters() if p.grad is not None):
                     optimizer.step()
@@ -271,7 +316,10 @@ def train(
                 running["correct"] += float((F.first_spike_decision(t_out) == labels).sum())
                 running["seen"] += len(labels)
                 bar.update(1)
-                bar.set_postfix(loss=f"{running['loss_sum'] / running['seen']:.4f}", acc=f"{running['correct'] / running['seen']:.4f}")
+                bar.set_postfix(
+                    loss=f"{running['loss_sum'] / running['seen']:.4f}",
+                    acc=f"{running['correct'] / running['seen']:.4f}",
+                )
                 if stop.signal is not None:
                     bar.close()
                     checkpoint()

@@ -1,6 +1,6 @@
 """``stdbp analyze``: the paper's Fig. 5 for any checkpoint: when hidden neurons fire, when the network decides, at what cost.
 
-Every test image is simulated event by event (:mod:`stdbp.events`, float64). The definitions
+Every test image is simulated event by event (:mod:`stdbp.sim.events`, float64). The definitions
 below are also written into the result, under ``"definitions"``:
 
 * **Simulation window**: from the first input spike until no event is left, i.e. until every
@@ -28,7 +28,6 @@ below are also written into the result, under ``"definitions"``:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import sys
@@ -38,21 +37,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from .checkpoint import (
-    atomic_write_bytes,
+from ..checkpoint import (
     atomic_write_text,
     load_checkpoint,
     load_model,
 )
-from .data import Split, load_dataset
-from .encoding import latency_encode
-from .errors import StdbpError
-from .events import (
+from ..encoding import latency_encode
+from ..errors import StdbpError
+from ..nn.network import SpikingNetwork
+from ..sim.events import (
     CONV,
     DENSE,
     KH,
@@ -70,9 +65,16 @@ from .events import (
     event_network,
     simulate,
 )
-from .models import SpikingNetwork
+from ..training.data import Split, load_dataset
+from .analysis_plots import save_figures
+from .reporting import fmt, json_safe
 
-__all__ = ["analyze", "dense_macs", "json_safe", "plot_spike_times", "plot_decision_times", "save_figures", "add_parser", "run"]
+__all__ = [
+    "analyze",
+    "dense_macs",
+    "add_parser",
+    "run",
+]
 
 DEFINITIONS = {
     "simulation_window": "each image runs until no event is left: every neuron that will ever fire has fired (bounded by t_end if given)",
@@ -103,7 +105,10 @@ def dense_macs(net: EventNetwork) -> list[int]:
             macs.append(int(prev[N] * row[N]))
         elif row[KIND] == CONV:
             pairs = 1  # (output position, kernel tap) pairs that fall inside the input, per axis
-            for size, n_out, k, s, p in ((prev[H], row[H], row[KH], row[SH], row[PH]), (prev[W], row[W], row[KW], row[SW], row[PW])):
+            for size, n_out, k, s, p in (
+                (prev[H], row[H], row[KH], row[SH], row[PH]),
+                (prev[W], row[W], row[KW], row[SW], row[PW]),
+            ):
                 pairs *= sum(1 for o in range(n_out) for tap in range(k) if 0 <= o * s - p + tap < size)
             macs.append(int(prev[C] * row[C] * pairs))  # C_in x C_out x in-bounds (position, tap) pairs
         else:
@@ -138,7 +143,11 @@ class _TimeHistogram:
 
     def summary(self) -> dict[str, Any]:
         """``n``, ``mean``, ``max`` and ``p50``/``p90``/``p99`` (to one bin width; None past ``span``) of the spike times."""
-        out: dict[str, Any] = {"n": self.total, "mean": self.sum / self.total if self.total else None, "max": self.max if self.total else None}
+        out: dict[str, Any] = {
+            "n": self.total,
+            "mean": self.sum / self.total if self.total else None,
+            "max": self.max if self.total else None,
+        }
         cumulative = np.cumsum(self.counts)
         for key, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
             k = int(np.searchsorted(cumulative, q * self.total)) if self.total else len(cumulative)
@@ -245,10 +254,19 @@ def analyze(
     t_hi = max([h.upper(0.9) for h in hists.values()] + [decision_hist.upper(1.0), width])
     layers = []
     for l in range(1, n_layers):
-        entry: dict[str, Any] = {"layer": l, "kind": net.kinds[l], "shape": list(net.shapes[l]), "neurons": int(net.table[l, N])}
+        entry: dict[str, Any] = {
+            "layer": l,
+            "kind": net.kinds[l],
+            "shape": list(net.shapes[l]),
+            "neurons": int(net.table[l, N]),
+        }
         if l < n_layers - 1:
             share = max(n_images * int(net.table[l, N]), 1)
-            entry.update(fired_fraction=fired[l] / share, fired_before_decision_fraction=before[l] / share, spike_time=hists[l].summary())
+            entry.update(
+                fired_fraction=fired[l] / share,
+                fired_before_decision_fraction=before[l] / share,
+                spike_time=hists[l].summary(),
+            )
         entry.update(
             synops_per_image=synops_dec[l] / max(n_images, 1),
             synops_per_image_total=synops_tot[l] / max(n_images, 1),
@@ -262,7 +280,10 @@ def analyze(
         "arch": model.arch,
         "n_images": n_images,
         "t_max": t_max,
-        "simulation_window": {"t_end": t_end if math.isfinite(t_end) else None, "definition": DEFINITIONS["simulation_window"]},
+        "simulation_window": {
+            "t_end": t_end if math.isfinite(t_end) else None,
+            "definition": DEFINITIONS["simulation_window"],
+        },
         "hidden_neurons": n_hidden,
         "hidden_fired_fraction": hidden_fired / denominator,
         "hidden_fired_before_decision_fraction": hidden_before / denominator,
@@ -291,79 +312,6 @@ def analyze(
     }
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN/inf floats replaced by ``None`` and numpy scalars by Python ones (strict JSON)."""
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def plot_spike_times(ax: Axes, histogram: dict[str, Any], label: str, decision_time: float | None = None) -> Axes:
-    """Histogram of spike times (one of ``result["histograms"]``); a dashed line at the mean decision time."""
-    edges, counts = np.asarray(histogram["edges"]), np.asarray(histogram["counts"])
-    ax.stairs(counts, edges, fill=True, alpha=0.6, label=label)
-    if decision_time is not None:
-        ax.axvline(decision_time, color="k", linestyle="--", linewidth=0.8, label=f"mean decision time {decision_time:.3f}")
-    if histogram["beyond"]:
-        ax.text(0.98, 0.97, f"{histogram['beyond']} spikes after {edges[-1]:.2f}", transform=ax.transAxes, ha="right", va="top", fontsize=7)
-    ax.set_xlim(edges[0], edges[-1])
-    ax.set_xlabel("spike time (time units; input coded in [0, t_max])")
-    ax.set_ylabel("spikes")
-    ax.legend(fontsize=7, loc="center right")
-    return ax
-
-
-def plot_decision_times(ax: Axes, histogram: dict[str, Any], accuracy: float | None = None) -> Axes:
-    """Histogram of the earliest output spike time of each image (the decision)."""
-    note = "" if accuracy is None else f" (accuracy {100 * accuracy:.2f}%)"
-    plot_spike_times(ax, histogram, f"earliest output spike{note}")
-    ax.set_ylabel("images")
-    return ax
-
-
-def _png(fig: Figure, path: Path) -> str:
-    """Render ``fig`` and write it to ``path`` atomically."""
-    FigureCanvasAgg(fig)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path.name
-
-
-def save_figures(result: dict[str, Any], out: Path) -> list[str]:
-    """Write ``fig5.png`` (all panels) and one PNG per panel into ``out``; return the file names."""
-    layers = {entry["layer"]: entry for entry in result["layers"]}
-    hidden = result["histograms"]["hidden"]
-    panels = [(f"spike_times_layer{l}.png", f"layer {l} ({layers[int(l)]['kind']} {'x'.join(map(str, layers[int(l)]['shape']))})", hist) for l, hist in hidden.items()]
-    names = []
-    n_cols = min(len(panels) + 1, 3)
-    n_rows = math.ceil((len(panels) + 1) / n_cols)
-    fig = Figure(figsize=(4.8 * n_cols, 3.6 * n_rows))
-    axes = list(fig.subplots(n_rows, n_cols, squeeze=False).flat)
-    for ax, (name, label, hist) in zip(axes, panels):
-        plot_spike_times(ax, hist, label, result["decision_time_mean"])
-    plot_decision_times(axes[len(panels)], result["histograms"]["decision"], result["accuracy"])
-    for ax in axes[len(panels) + 1 :]:
-        ax.remove()
-    fig.suptitle(f"{result['arch']}: spike times over {result['n_images']} test images (paper Fig. 5)", fontsize=10)
-    names.append(_png(fig, out / "fig5.png"))
-    for name, label, hist in panels:
-        fig = Figure(figsize=(5, 3.6))
-        plot_spike_times(fig.subplots(), hist, label, result["decision_time_mean"])
-        names.append(_png(fig, out / name))
-    fig = Figure(figsize=(5, 3.6))
-    plot_decision_times(fig.subplots(), result["histograms"]["decision"], result["accuracy"])
-    names.append(_png(fig, out / "decision_times.png"))
-    return names
-
-
 def analyze_checkpoint(
     checkpoint: str | Path,
     out: str | Path,
@@ -381,7 +329,9 @@ def analyze_checkpoint(
     trained = load_checkpoint(checkpoint).get("config", {})
     model = load_model(checkpoint)
     if model.neuron != "relpsp":
-        raise StdbpError(f"{checkpoint} holds a {model.neuron}-PSP network; the event simulator runs ReL-PSP networks only")
+        raise StdbpError(
+            f"{checkpoint} holds a {model.neuron}-PSP network; the event simulator runs ReL-PSP networks only"
+        )
     dataset = dataset or trained.get("dataset", "mnist")
     test = load_dataset(dataset, data_dir, splits=("test",))["test"]
     model.shape_input(test.images[:1].unsqueeze(1).double())  # the data must fit the architecture
@@ -392,10 +342,6 @@ def analyze_checkpoint(
     result["figures"] = save_figures(result, out)
     atomic_write_text(out / "analysis.json", json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
     return result
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -412,7 +358,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--dataset", help="dataset (default: the one it was trained on)")
     p.add_argument("--data-dir", help="directory with the four IDX files")
     p.add_argument("--limit", type=int, help="the first N test images only (default: all)")
-    p.add_argument("--t-end", type=float, default=math.inf, help="end of the simulation window (default: until no event is left)")
+    p.add_argument(
+        "--t-end", type=float, default=math.inf, help="end of the simulation window (default: until no event is left)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (the summary, without histograms)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -424,7 +372,15 @@ def run(args: argparse.Namespace) -> int:
     out = args.out
     if out is None:
         out = f"runs/analyze-{load_checkpoint(args.checkpoint)['model'].get('arch', 'model')}"
-    result = analyze_checkpoint(args.checkpoint, out, args.dataset, args.data_dir, args.limit, args.t_end, not args.no_progress and sys.stderr.isatty())
+    result = analyze_checkpoint(
+        args.checkpoint,
+        out,
+        args.dataset,
+        args.data_dir,
+        args.limit,
+        args.t_end,
+        not args.no_progress and sys.stderr.isatty(),
+    )
     summary = {k: v for k, v in result.items() if k not in ("histograms", "definitions")}
     summary["out"] = str(out)
     if args.json:
@@ -432,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{result['arch']} on {result['n_images']} {result['dataset']} test images: accuracy {100 * result['accuracy']:.2f}% "
-        f"({result['undecided']} undecided), mean decision time {_fmt(result['decision_time_mean'])}"
+        f"({result['undecided']} undecided), mean decision time {fmt(result['decision_time_mean'])}"
     )
     print(
         f"hidden neurons firing: {100 * result['hidden_fired_fraction']:.1f}% at all, "

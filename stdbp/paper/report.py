@@ -67,7 +67,9 @@ def _table1(summary: dict[str, Any]) -> list[str]:
             source = f"pretrained `{row['checkpoint']}`, evaluated"
         else:
             source = f"trained here, {row['epochs']} epoch(s)"
-        lines.append(f"| {row['arch']} | {paper[row['arch']]:.1f} % | {_pct(row['accuracy'])} | {source} | `{row['command']}` |")
+        lines.append(
+            f"| {row['arch']} | {paper[row['arch']]:.1f} % | {_pct(row['accuracy'])} | {source} | `{row['command']}` |"
+        )
     lines += [
         "",
         "Accuracy is the share of the test images whose first output spike is the right class (a tie goes to the lowest class, "
@@ -84,8 +86,8 @@ def _fig5(summary: dict[str, Any]) -> list[str]:
     lines = [
         "## Fig. 5: spike times, sparsity and cost of the fully connected networks",
         "",
-        "Each test image is simulated event by event (`stdbp.events`, float64). The simulation runs until no event is left: "
-        "every neuron that will ever fire has fired. \"Before the decision\" means strictly before the first output spike.",
+        "Each test image is simulated event by event (`stdbp.sim.events`, float64). The simulation runs until no event is left: "
+        'every neuron that will ever fire has fired. "Before the decision" means strictly before the first output spike.',
         "",
         "| | Paper, 784-400-10 | " + " | ".join(f"stdbp, {a}" for a in archs) + " |",
         "|---|---|" + "---|" * len(archs),
@@ -106,11 +108,23 @@ def _fig5(summary: dict[str, Any]) -> list[str]:
         "(the other reading of the paper's 48.6 %)",
         [_pct(r["hidden_fired_before_decision_share_of_fired"], 1) for r in results],
     )
-    row("hidden neurons that fire at all (unbounded window)", f"{p400.get('hidden_fired', 'n/a')} %", [_pct(r["hidden_fired_fraction"], 1) for r in results])
+    row(
+        "hidden neurons that fire at all (unbounded window)",
+        f"{p400.get('hidden_fired', 'n/a')} %",
+        [_pct(r["hidden_fired_fraction"], 1) for r in results],
+    )
     for k in ("2", "10"):
-        row(f"hidden neurons that fire by t = {k} t_max", "", [_pct(r["hidden_fired_fraction_by_time"].get(k), 1) for r in results])
+        row(
+            f"hidden neurons that fire by t = {k} t_max",
+            "",
+            [_pct(r["hidden_fired_fraction_by_time"].get(k), 1) for r in results],
+        )
     row("mean decision time (input coded in [0, t_max = 1])", "", [_num(r["decision_time_mean"]) for r in results])
-    row("median time of the last spike (end of the simulation)", "", [_num(r["last_spike_time"]["p50"], ".1f") for r in results])
+    row(
+        "median time of the last spike (end of the simulation)",
+        "",
+        [_num(r["last_spike_time"]["p50"], ".1f") for r in results],
+    )
     row("SynOps per image up to the decision", "", [f"{r['synops_per_image']:,.0f}" for r in results])
     row("SynOps per image, whole simulation", "", [f"{r['synops_per_image_total']:,.0f}" for r in results])
     row("MACs per image of the same-shape dense network", "", [f"{r['dense_macs_per_image']:,}" for r in results])
@@ -119,7 +133,7 @@ def _fig5(summary: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "The paper reports 48.6 % and 66.3 % for 784-400-10 only and does not say where its simulation window ends; the share that "
-        "fires \"at all\" depends on it (rows \"by t = k t_max\"), because a ReL-PSP neuron whose potential still rises after its "
+        'fires "at all" depends on it (rows "by t = k t_max"), because a ReL-PSP neuron whose potential still rises after its '
         "last input fires eventually, however late. SynOps count one per spike and outgoing weighted synapse, whether or not "
         "the target has fired; the definitions are in each `analysis.json`.",
         "",
@@ -149,7 +163,10 @@ def _section2(summary: dict[str, Any]) -> list[str]:
     rows = [
         ("test accuracy", lambda r: _pct(r["test_accuracy"])),
         ("dead hidden neurons (silent on every held-out image)", lambda r: _pct(r["dead_share"], 1)),
-        ("\\|dt/dV\\| of hidden spikes, p99 / max", lambda r: f"{_num(r['dtdv']['p99'], '.3g')} / {_num(r['dtdv']['max'], '.3g')}"),
+        (
+            "\\|dt/dV\\| of hidden spikes, p99 / max",
+            lambda r: f"{_num(r['dtdv']['p99'], '.3g')} / {_num(r['dtdv']['max'], '.3g')}",
+        ),
         ("gradient norm per step, max over the last epoch", lambda r: _num(r.get("grad_norm", {}).get("max"), ".3g")),
         ("steps with a NaN/inf loss or gradient", lambda r: str(r.get("nonfinite_steps_total", "n/a"))),
     ]

@@ -4,8 +4,8 @@
    pretrained checkpoint ``pretrained/mnist-ARCH.pt`` if there is one (evaluated), else trained
    here with the README recipe of that row (:data:`RECIPES`: 20 epochs for the fully connected
    networks; 30 epochs with random rotations and scaling for the convolutional one).
-2. **Fig. 5**: :func:`stdbp.analysis.analyze_checkpoint` on the two fully connected networks.
-3. **Section 2**: :func:`stdbp.compare_psp.compare_psp`, ReL-PSP against alpha-PSP on 784-400-10.
+2. **Fig. 5**: :func:`stdbp.paper.analysis.analyze_checkpoint` on the two fully connected networks.
+3. **Section 2**: :func:`stdbp.paper.psp_comparison.compare_psp`, ReL-PSP against alpha-PSP on 784-400-10.
 
 The output directory receives ``report.md`` (ours beside the paper's, with the command behind
 each number), ``reproduce.json`` and the figures (``fig5/ARCH/``, ``compare_psp/``). ``quick``
@@ -27,20 +27,22 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from . import __version__
-from .analysis import analyze_checkpoint, json_safe
-from .checkpoint import atomic_write_text, load_checkpoint, load_model
-from .compare_psp import ComparePspConfig, compare_psp
-from .data import load_dataset
-from .errors import StdbpError
-from .train import TrainConfig, evaluate, train
+from ..checkpoint import atomic_write_text, default_pretrained_dir, load_checkpoint, load_model, pretrained_checkpoint
+from ..errors import StdbpError
+from ..training.data import load_dataset
+from ..training.loop import TrainConfig, evaluate, train
+from ..version import __version__
+from .analysis import analyze_checkpoint
+from .psp_comparison import ComparePspConfig, compare_psp
+from .reporting import json_safe
 
 __all__ = ["ARCHS", "PAPER", "Budget", "QUICK", "FULL", "reproduce", "add_parser", "run"]
 
@@ -74,28 +76,24 @@ FULL = Budget()
 #: The README's training recipe per architecture, beyond ``TrainConfig``'s defaults (a budget's
 #: ``epochs`` applies where a recipe has none); used when ``Budget.recipes``.
 RECIPES: dict[str, dict[str, Any]] = {"28x28-6C5-P2-16C5-P2-1024-128-10": {"epochs": 30, "rotate": 10.0, "scale": 0.1}}
-QUICK = Budget(epochs=1, train_limit=4096, analyze_limit=1000, compare_epochs=1, compare_train_limit=2048, recipes=False)
-
-
-def pretrained_checkpoint(directory: Path | None, arch: str) -> Path | None:
-    """``directory/mnist-ARCH.pt`` if it exists."""
-    path = None if directory is None else directory / f"mnist-{arch}.pt"
-    return path if path is not None and path.is_file() else None
-
-
-def default_pretrained_dir() -> Path | None:
-    """``./pretrained``, else the ``pretrained`` directory of the source tree stdbp runs from, if either exists."""
-    for candidate in (Path("pretrained"), Path(__file__).resolve().parent.parent / "pretrained"):
-        if candidate.is_dir():
-            return candidate
-    return None
+QUICK = Budget(
+    epochs=1, train_limit=4096, analyze_limit=1000, compare_epochs=1, compare_train_limit=2048, recipes=False
+)
 
 
 def _flag(name: str, value: Any) -> str:
     return "" if value is None else f" --{name} {value}"
 
 
-def _table1_row(arch: str, budget: Budget, pretrained: Path | None, run_dir: Path, data_dir: str | None, progress: bool, echo: Callable[[str], None]) -> dict[str, Any]:
+def _table1_row(
+    arch: str,
+    budget: Budget,
+    pretrained: Path | None,
+    run_dir: Path,
+    data_dir: str | None,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
     """Test accuracy of ``arch``: the pretrained checkpoint evaluated, or a run trained (or reused) in ``run_dir``."""
     if pretrained is not None:
         model = load_model(pretrained, arch=arch)
@@ -103,7 +101,13 @@ def _table1_row(arch: str, budget: Budget, pretrained: Path | None, run_dir: Pat
         test = load_dataset("mnist", data_dir, splits=("test",))["test"]
         result = evaluate(model.eval(), test, t_max=trained.get("t_max", 1.0), progress=progress)
         command = f"stdbp eval {pretrained}{_flag('data-dir', data_dir)}"
-        return {"arch": arch, "accuracy": result["accuracy"], "source": "pretrained", "checkpoint": str(pretrained), "command": command}
+        return {
+            "arch": arch,
+            "accuracy": result["accuracy"],
+            "source": "pretrained",
+            "checkpoint": str(pretrained),
+            "command": command,
+        }
     recipe = {"epochs": budget.epochs, **(RECIPES.get(arch, {}) if budget.recipes else {})}
     config = TrainConfig(arch=arch, train_limit=budget.train_limit, data_dir=data_dir, **recipe)
     saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else None
@@ -117,7 +121,14 @@ def _table1_row(arch: str, budget: Budget, pretrained: Path | None, run_dir: Pat
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     flags = "".join(_flag(key, value) for key, value in recipe.items())
     command = f"stdbp train --arch {arch}{flags}{_flag('train-limit', budget.train_limit)}{_flag('data-dir', data_dir)} --out {run_dir}"
-    return {"arch": arch, "accuracy": last["test_accuracy"], "source": "trained", "checkpoint": str(run_dir / "model.pt"), "command": command, "epochs": last["epoch"]}
+    return {
+        "arch": arch,
+        "accuracy": last["test_accuracy"],
+        "source": "trained",
+        "checkpoint": str(run_dir / "model.pt"),
+        "command": command,
+        "epochs": last["epoch"],
+    }
 
 
 def _fig5(checkpoint: str, out: Path, budget: Budget, data_dir: str | None, progress: bool) -> dict[str, Any]:
@@ -125,14 +136,18 @@ def _fig5(checkpoint: str, out: Path, budget: Budget, data_dir: str | None, prog
     result = analyze_checkpoint(checkpoint, out, data_dir=data_dir, limit=budget.analyze_limit, progress=progress)
     summary = {k: v for k, v in result.items() if k not in ("histograms", "definitions")}
     summary["out"] = str(out)
-    summary["command"] = f"stdbp analyze {checkpoint} --out {out}{_flag('limit', budget.analyze_limit)}{_flag('data-dir', data_dir)}"
+    summary["command"] = (
+        f"stdbp analyze {checkpoint} --out {out}{_flag('limit', budget.analyze_limit)}{_flag('data-dir', data_dir)}"
+    )
     return summary
 
 
 def _section2(out: Path, budget: Budget, progress: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     """:func:`compare_psp` on 784-400-10 (or its saved result of the same configuration): final rows per kernel."""
     options = {"heldout": budget.compare_heldout, "test_limit": budget.compare_test_limit}
-    config = ComparePspConfig(arch=COMPARE_ARCH, epochs=budget.compare_epochs, train_limit=budget.compare_train_limit, **options)
+    config = ComparePspConfig(
+        arch=COMPARE_ARCH, epochs=budget.compare_epochs, train_limit=budget.compare_train_limit, **options
+    )
     saved_path = out / "compare_psp.json"
     saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
     if saved is not None and saved.get("config") == dataclasses.asdict(config):
@@ -140,7 +155,13 @@ def _section2(out: Path, budget: Budget, progress: bool, echo: Callable[[str], N
         result = saved
     else:
         result = compare_psp(
-            arch=config.arch, epochs=config.epochs, train_limit=config.train_limit, out_dir=out, progress=progress, echo=echo, **options
+            arch=config.arch,
+            epochs=config.epochs,
+            train_limit=config.train_limit,
+            out_dir=out,
+            progress=progress,
+            echo=echo,
+            **options,
         )
     command = f"stdbp compare-psp --arch {config.arch} --epochs {config.epochs}{_flag('train-limit', config.train_limit)} --out {out}"
     extra = {k: v for k, v in options.items() if v != getattr(ComparePspConfig, k)}
@@ -149,7 +170,12 @@ def _section2(out: Path, budget: Budget, progress: bool, echo: Callable[[str], N
         "final": {kernel: json_safe(run_["history"][-1]) for kernel, run_ in result["kernels"].items()},
         "figures": [Path(f).name for f in result.get("figures", [])],
         "out": str(out),
-        "command": command + (f"  (with {', '.join(f'{k}={v}' for k, v in extra.items())}, which only the Python API sets)" if extra else ""),
+        "command": command
+        + (
+            f"  (with {', '.join(f'{k}={v}' for k, v in extra.items())}, which only the Python API sets)"
+            if extra
+            else ""
+        ),
     }
 
 
@@ -176,7 +202,7 @@ def reproduce(
     Returns:
         The content of ``reproduce.json``.
     """
-    from .reproduce_report import render_report
+    from .report import render_report
 
     start = time.perf_counter()
     budget = budget or (QUICK if quick else FULL)
@@ -199,7 +225,7 @@ def reproduce(
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         },
         "table1": [],
         "fig5": {},
@@ -210,7 +236,15 @@ def reproduce(
     for k, arch in enumerate(ARCHS, 1):
         echo(f"[{k}/{steps}] Table 1: {arch}")
         t0 = time.perf_counter()
-        row = _table1_row(arch, budget, pretrained_checkpoint(pretrained, arch), out / ("train-quick" if quick else "train") / arch, data_dir, progress, echo)
+        row = _table1_row(
+            arch,
+            budget,
+            pretrained_checkpoint(pretrained, arch),
+            out / ("train-quick" if quick else "train") / arch,
+            data_dir,
+            progress,
+            echo,
+        )
         summary["table1"].append(row)
         checkpoints[arch] = row["checkpoint"]
         summary["seconds"][f"table1 {arch}"] = time.perf_counter() - t0
@@ -254,9 +288,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Reproduce the paper's Table 1 (train, or evaluate pretrained/mnist-ARCH.pt), Fig. 5 (stdbp analyze on the "
         "fully connected networks) and the Section 2 comparison (stdbp compare-psp), and write report.md beside the paper's numbers.",
     )
-    p.add_argument("--quick", action="store_true", help="tiny budgets that check every step in a few minutes (numbers are not the paper's)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny budgets that check every step in a few minutes (numbers are not the paper's)",
+    )
     p.add_argument("--out", default="runs/reproduce", help="output directory (default runs/reproduce)")
-    p.add_argument("--pretrained", help="directory of mnist-ARCH.pt checkpoints (default ./pretrained or the source tree's; --quick ignores it)")
+    p.add_argument(
+        "--pretrained",
+        help="directory of mnist-ARCH.pt checkpoints (default ./pretrained where it exists; --quick ignores it)",
+    )
     p.add_argument("--data-dir", help="MNIST IDX directory for Table 1 and Fig. 5 (default: the packaged copy)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)  # for tests
@@ -267,6 +308,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Run ``stdbp reproduce`` from parsed arguments; return the exit status."""
     budget = _budget_overrides(QUICK if args.quick else FULL, args.budget)
-    summary = reproduce(args.out, args.quick, args.pretrained, args.data_dir, budget, progress=not args.no_progress and sys.stderr.isatty())
+    summary = reproduce(
+        args.out,
+        args.quick,
+        args.pretrained,
+        args.data_dir,
+        budget,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
     print(f"wrote {Path(args.out) / 'report.md'} ({summary['wall_seconds']:.0f} s)")
     return 0

@@ -11,7 +11,7 @@ each kernel: test accuracy, the share of dead hidden neurons (silent on every im
 held-out batch of test images), percentiles of ``|dt/dV|`` over the hidden spikes of that batch
 (float64), percentiles of the per-step gradient norms, and the number of steps whose loss or
 gradient was NaN or inf (those updates are skipped). Results go to ``compare_psp.json``; the
-figures (see :mod:`stdbp.compare_psp_plots`) to PNG files beside it.
+figures (see :mod:`stdbp.paper.psp_comparison_plots`) to PNG files beside it.
 
 One asymmetry is deliberate and configurable: the ReL-PSP kernel gives a silent neuron that
 receives a gradient a surrogate one (``stdbp.kernels.SILENT_HORIZON``), SpikeProp gives it none.
@@ -25,26 +25,34 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from . import functional as F
-from .alpha_psp import AlphaSpikingLinear, alpha_psp_linear, membrane_potential, membrane_slope
-from .checkpoint import atomic_write_text
-from .data import Split, load_dataset
-from .encoding import latency_encode
-from .errors import StdbpError
-from .layers import SpikingLinear
-from .models import SpikingNetwork, build
-from .train import encode, evaluate
+from .. import functional as F
+from ..checkpoint import atomic_write_text
+from ..encoding import latency_encode
+from ..errors import StdbpError
+from ..nn.layers import SpikingLinear
+from ..nn.network import SpikingNetwork, build
+from ..training.data import Split, load_dataset
+from ..training.loop import encode, evaluate
+from .psp_measures import hidden_statistics, membrane_traces, percentiles
+from .reporting import fmt, json_safe
 
-__all__ = ["ComparePspConfig", "compare_psp", "alpha_network", "hidden_statistics", "membrane_traces", "percentiles", "add_parser", "run"]
+__all__ = [
+    "ComparePspConfig",
+    "compare_psp",
+    "alpha_network",
+    "add_parser",
+    "run",
+]
 
 KERNEL_NAMES = ("relpsp", "alpha")
 #: log10 bin edges of the stored |dt/dV| histograms (time units per threshold unit).
@@ -78,7 +86,10 @@ class ComparePspConfig:
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
             (self.train_limit is None or self.train_limit >= 1, "--train-limit must be at least 1"),
-            (self.threshold > 0 and self.tau > 0 and self.tau_loss > 0 and self.t_max > 0, "threshold, tau, tau_loss and t_max must be positive"),
+            (
+                self.threshold > 0 and self.tau > 0 and self.tau_loss > 0 and self.t_max > 0,
+                "threshold, tau, tau_loss and t_max must be positive",
+            ),
             (self.heldout >= 1, "heldout must be at least 1"),
             (self.test_limit is None or self.test_limit >= 1, "test_limit must be at least 1"),
         ]
@@ -99,151 +110,15 @@ def alpha_network(net: SpikingNetwork, tau: float = 1.0) -> SpikingNetwork:
     return alpha
 
 
-def _kernel_of(layer: torch.nn.Module) -> str:
-    return "alpha" if isinstance(layer, AlphaSpikingLinear) else "relpsp"
-
-
-def _layer_times(layer: torch.nn.Module, t_in: Tensor, weight: Tensor) -> Tensor:
-    if isinstance(layer, AlphaSpikingLinear):
-        return alpha_psp_linear(t_in, weight, layer.threshold, layer.tau)
-    return F.relpsp_linear(t_in, weight, layer.threshold)
-
-
-def percentiles(values: np.ndarray) -> dict[str, Any]:
-    """``{"p50", "p90", "p99", "max", "n", "n_nonfinite"}`` of the finite ``values`` (None if there are none)."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    out: dict[str, Any] = {"n": int(values.size), "n_nonfinite": int(values.size - finite.size)}
-    for key, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100)):
-        out[key] = float(np.percentile(finite, q)) if finite.size else None
-    return out
-
-
-@torch.no_grad()
-def hidden_statistics(model: SpikingNetwork, t_in: Tensor) -> dict[str, Any]:
-    """Dead hidden neurons and ``|dt/dV|`` of hidden spikes, in float64, on one held-out batch.
-
-    Args:
-        model: a network of ``SpikingLinear`` or ``AlphaSpikingLinear`` layers.
-        t_in: ``(B, N_in)`` input spike times of the held-out batch.
-
-    Returns:
-        ``dead_share`` (hidden neurons silent on all ``B`` samples / hidden neurons),
-        ``dead_per_layer``, ``silent_fraction`` (silent (sample, hidden neuron) pairs),
-        ``dtdv`` (array of ``|dt/dV| = 1/|V'(t_j)|`` over all hidden spikes), ``dtdv_effective``
-        (over the hidden spikes that precede at least one spike of the next layer, so that a
-        gradient can reach them: the paper's argument of Section 3.1.2), ``dtdv_output``, and
-        ``output_dead_share`` / ``output_silent_fraction`` for the output layer.
-    """
-    times = [t_in.to(torch.float64)]
-    weights = [layer.weight.detach().to(torch.float64) for layer in model.layers]
-    for layer, weight in zip(model.layers, weights, strict=True):
-        times.append(_layer_times(layer, times[-1], weight))
-    dead, dtdv, effective = [], [], []
-    silent = pairs = 0
-    dtdv_out = np.empty(0)
-    for index, (layer, weight) in enumerate(zip(model.layers, weights, strict=True)):
-        t_prev, t_out = times[index], times[index + 1]
-        fired = torch.isfinite(t_out)
-        slope = membrane_slope(t_out, t_prev, weight, _kernel_of(layer), getattr(layer, "tau", 1.0))
-        with np.errstate(divide="ignore"):
-            inv = 1.0 / np.abs(slope.numpy())  # (B, N_out), NaN where silent
-        if index == len(model.layers) - 1:
-            dtdv_out = inv[fired.numpy()]
-            output_dead = float((~fired.any(dim=0)).double().mean())
-            output_silent = float((~fired).double().mean())
-            break
-        t_next = times[index + 2]
-        latest_next = torch.where(torch.isfinite(t_next), t_next, torch.full_like(t_next, -math.inf)).amax(dim=1, keepdim=True)
-        dead.append(float((~fired.any(dim=0)).double().mean()))
-        silent += int((~fired).sum())
-        pairs += fired.numel()
-        dtdv.append(inv[fired.numpy()])
-        effective.append(inv[(fired & (t_out < latest_next)).numpy()])
-    hidden = [layer.out_features for layer in model.layers[:-1]]
-    return {
-        "dead_share": float(sum(d * n for d, n in zip(dead, hidden, strict=True)) / sum(hidden)),
-        "dead_per_layer": dead,
-        "silent_fraction": silent / max(pairs, 1),
-        "dtdv": np.concatenate(dtdv),
-        "dtdv_effective": np.concatenate(effective),
-        "dtdv_output": dtdv_out,
-        "output_dead_share": output_dead,
-        "output_silent_fraction": output_silent,
-    }
-
-
-@torch.no_grad()
-def membrane_traces(weight: Tensor, t_in: Tensor, threshold: float = 1.0, tau: float = 1.0, points: int = 600) -> dict[str, Any]:
-    """Membrane traces of one neuron under both kernels, with its weights and with smaller ones (Figs. 2c, 3c).
-
-    Picks the neuron of ``weight`` whose alpha-PSP potential peaks closest to ``1.25 * threshold``
-    on this input (so it fires), preferring one for which the story below holds, and a factor
-    ``scale < 1`` that brings its alpha peak down to ``0.85 * threshold``: with ``scale * w`` the
-    alpha neuron is dead, while the ReL-PSP neuron with the same weights still fires, later. If
-    no alpha neuron fires, all weights are first multiplied by ``boost`` so that the strongest
-    peaks at ``1.25 * threshold``.
-
-    Args:
-        weight: ``(N_out, N_in)`` weights of a first hidden layer (e.g. the shared initial ones).
-        t_in: ``(N_in,)`` input spike times of one image.
-        threshold, tau: firing threshold and alpha time constant.
-        points: grid points.
-
-    Returns:
-        ``neuron``, ``scale``, ``boost``, ``input_times`` (finite, sorted), ``t`` (the grid) and, per
-        kernel, ``{"large": V(t), "small": V(t), "t_fire_large", "t_fire_small"}`` (None = silent).
-    """
-    w = weight.detach().to(torch.float64)
-    t_row = t_in.detach().to(torch.float64).reshape(1, -1)
-    last = float(t_row[torch.isfinite(t_row)].max()) if bool(torch.isfinite(t_row).any()) else 0.0
-    grid = torch.linspace(0.0, last + 4.0 * tau, points, dtype=torch.float64)
-    peak = membrane_potential(grid, t_row, w, "alpha", tau)[0].max(dim=0).values  # (N_out,)
-    boost = 1.0
-    if not bool(torch.isfinite(alpha_psp_linear(t_row, w, threshold, tau)).any()) and float(peak.max()) > 0:
-        boost = 1.25 * threshold / float(peak.max())
-        w, peak = w * boost, peak * boost
-    scale = torch.where(peak > 0, 0.85 * threshold / peak, torch.ones_like(peak))
-    small = w * scale.unsqueeze(1)
-    fire = {
-        ("alpha", "large"): alpha_psp_linear(t_row, w, threshold, tau)[0],
-        ("alpha", "small"): alpha_psp_linear(t_row, small, threshold, tau)[0],
-        ("relpsp", "large"): F.relpsp_linear(t_row, w, threshold)[0],
-        ("relpsp", "small"): F.relpsp_linear(t_row, small, threshold)[0],
-    }
-    alpha_fires = torch.isfinite(fire["alpha", "large"])
-    story = alpha_fires & torch.isinf(fire["alpha", "small"]) & torch.isfinite(fire["relpsp", "large"]) & torch.isfinite(fire["relpsp", "small"])
-    pool = story if bool(story.any()) else alpha_fires if bool(alpha_fires.any()) else torch.ones_like(alpha_fires)
-    distance = torch.where(pool, (peak - 1.25 * threshold).abs(), torch.full_like(peak, math.inf))
-    j = int(torch.argmin(distance))
-    latest = max([float(t[j]) for t in fire.values() if math.isfinite(float(t[j]))] + [last])
-    grid = torch.linspace(0.0, max(last + 4.0 * tau, 1.1 * latest), points, dtype=torch.float64)
-    out: dict[str, Any] = {
-        "neuron": j,
-        "scale": float(scale[j]),
-        "boost": boost,
-        "threshold": threshold,
-        "tau": tau,
-        "input_times": sorted(float(t) for t in t_row[0] if math.isfinite(float(t))),
-        "t": grid.tolist(),
-    }
-    for kernel in KERNEL_NAMES:
-        traces = {}
-        for size, wj in (("large", w[j : j + 1]), ("small", small[j : j + 1])):
-            traces[size] = membrane_potential(grid, t_row, wj, kernel, tau)[0, :, 0].tolist()
-            t_fire = float(fire[kernel, size][j])
-            traces[f"t_fire_{size}"] = t_fire if math.isfinite(t_fire) else None
-        out[kernel] = traces
-    return out
-
-
 def _grad_norm(model: torch.nn.Module) -> float:
     """L2 norm of all parameter gradients, in float64 (inf or NaN if any entry is)."""
     total = sum(float(p.grad.detach().double().pow(2).sum()) for p in model.parameters() if p.grad is not None)
     return math.sqrt(total) if total == total else math.nan
 
 
-def _measure(model: SpikingNetwork, epoch: int, heldout: Tensor, test: Split, config: ComparePspConfig) -> tuple[dict[str, Any], dict[str, list[int]]]:
+def _measure(
+    model: SpikingNetwork, epoch: int, heldout: Tensor, test: Split, config: ComparePspConfig
+) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """One history row (accuracy, dead share, |dt/dV| percentiles) and the |dt/dV| histograms."""
     model.eval()
     acc = evaluate(model, test, config.t_max, batch_size=1000)
@@ -271,7 +146,14 @@ def _log_histogram(values: np.ndarray) -> list[int]:
 
 
 def _train_kernel(
-    kernel: str, model: SpikingNetwork, train: Split, test: Split, heldout: Tensor, config: ComparePspConfig, progress: bool, echo: Callable[[str], None]
+    kernel: str,
+    model: SpikingNetwork,
+    train: Split,
+    test: Split,
+    heldout: Tensor,
+    config: ComparePspConfig,
+    progress: bool,
+    echo: Callable[[str], None],
 ) -> dict[str, Any]:
     """Train ``model`` for ``config.epochs`` epochs; return its history, step gradient norms and histograms."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -283,7 +165,9 @@ def _train_kernel(
     for epoch in range(1, config.epochs + 1):
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
         epoch_start, loss_sum, seen, nonfinite, norms = time.perf_counter(), 0.0, 0, 0, []
-        bar = tqdm(total=steps_per_epoch, desc=f"{kernel} epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
+        bar = tqdm(
+            total=steps_per_epoch, desc=f"{kernel} epoch {epoch}/{config.epochs}", disable=not progress, leave=False
+        )
         model.train()
         for step in range(steps_per_epoch):
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
@@ -319,9 +203,9 @@ def _train_kernel(
         histograms.append(histogram)
         grad_norms.extend(norms)
         echo(
-            f"{kernel:>6} epoch {epoch}/{config.epochs}  loss {_fmt(row['train_loss'])}  test {100 * row['test_accuracy']:.2f}%  "
-            f"dead {100 * row['dead_share']:.1f}%  |dt/dV| p99 {_fmt(row['dtdv']['p99'])} max {_fmt(row['dtdv']['max'])}  "
-            f"grad norm max {_fmt(row['grad_norm']['max'])}  nonfinite steps {nonfinite}  {row['seconds']:.0f} s"
+            f"{kernel:>6} epoch {epoch}/{config.epochs}  loss {fmt(row['train_loss'], '.3g')}  test {100 * row['test_accuracy']:.2f}%  "
+            f"dead {100 * row['dead_share']:.1f}%  |dt/dV| p99 {fmt(row['dtdv']['p99'], '.3g')} max {fmt(row['dtdv']['max'], '.3g')}  "
+            f"grad norm max {fmt(row['grad_norm']['max'], '.3g')}  nonfinite steps {nonfinite}  {row['seconds']:.0f} s"
         )
     return {
         "history": history,
@@ -331,21 +215,6 @@ def _train_kernel(
         "train_undecided": undecided,
         "seconds": time.perf_counter() - start,
     }
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf floats by None, so that the file is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def compare_psp(
@@ -378,10 +247,12 @@ def compare_psp(
         batch whose output layer stayed silent), ``seconds``), ``traces``,
         ``figures`` and ``wall_seconds``.
     """
-    from .compare_psp_plots import save_figures
+    from .psp_comparison_plots import save_figures
 
     try:
-        config = ComparePspConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, train_limit=train_limit, seed=seed, **options)
+        config = ComparePspConfig(
+            arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, train_limit=train_limit, seed=seed, **options
+        )
     except TypeError as exc:
         raise StdbpError(f"compare_psp: {exc}") from None
     config.validate()
@@ -409,12 +280,17 @@ def compare_psp(
     heldout = latency_encode(heldout_images, config.t_max, dtype=torch.float64).reshape(len(heldout_images), -1)
 
     traces = membrane_traces(relpsp.layers[0].weight.detach(), heldout[0], config.threshold, config.tau)
-    result: dict[str, Any] = {"config": asdict(config), "dtdv_log10_edges": DTDV_EDGES.tolist(), "traces": traces, "kernels": {}}
+    result: dict[str, Any] = {
+        "config": asdict(config),
+        "dtdv_log10_edges": DTDV_EDGES.tolist(),
+        "traces": traces,
+        "kernels": {},
+    }
     for kernel, model in (("relpsp", relpsp), ("alpha", alpha)):
         result["kernels"][kernel] = _train_kernel(kernel, model, train, test, heldout, config, progress, echo)
     result["figures"] = save_figures(result, out)
     result["wall_seconds"] = time.perf_counter() - start
-    atomic_write_text(out / "compare_psp.json", json.dumps(_json_safe(result), allow_nan=False) + "\n")
+    atomic_write_text(out / "compare_psp.json", json.dumps(json_safe(result), allow_nan=False) + "\n")
     return result
 
 
@@ -432,10 +308,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per kernel (default {d.epochs})")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
     g.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    g.add_argument("--train-limit", type=int, default=d.train_limit, help="train on the first N training images (default: all 60,000)")
-    g.add_argument("--seed", type=int, default=d.seed, help=f"random seed of the shared initial weights (default {d.seed})")
+    g.add_argument(
+        "--train-limit",
+        type=int,
+        default=d.train_limit,
+        help="train on the first N training images (default: all 60,000)",
+    )
+    g.add_argument(
+        "--seed", type=int, default=d.seed, help=f"random seed of the shared initial weights (default {d.seed})"
+    )
     g = p.add_argument_group("output")
-    g.add_argument("--out", default="runs/compare-psp", help="directory for compare_psp.json and figures (default runs/compare-psp)")
+    g.add_argument(
+        "--out",
+        default="runs/compare-psp",
+        help="directory for compare_psp.json and figures (default runs/compare-psp)",
+    )
     g.add_argument("--json", action="store_true", help="print the final epoch of each kernel as one JSON object")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -456,15 +343,22 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         echo=echo,
     )
-    final = {kernel: {k: v for k, v in run_["history"][-1].items()} for kernel, run_ in result["kernels"].items()}
+    final = {kernel: dict(run_["history"][-1]) for kernel, run_ in result["kernels"].items()}
     if args.json:
-        print(json.dumps(_json_safe({"out": str(args.out), "wall_seconds": result["wall_seconds"], "final": final}), allow_nan=False))
+        print(
+            json.dumps(
+                json_safe({"out": str(args.out), "wall_seconds": result["wall_seconds"], "final": final}),
+                allow_nan=False,
+            )
+        )
     else:
         for kernel, row in final.items():
-            dtdv = "/".join(_fmt(row["dtdv"][key]) for key in ("p50", "p90", "p99", "max"))
+            dtdv = "/".join(fmt(row["dtdv"][key], ".3g") for key in ("p50", "p90", "p99", "max"))
             print(
                 f"{kernel:>6}: test {100 * row['test_accuracy']:.2f}%  dead hidden {100 * row['dead_share']:.1f}%  "
                 f"|dt/dV| p50/p90/p99/max {dtdv}  nonfinite steps {row['nonfinite_steps_total']}"
             )
-        print(f"wrote {Path(args.out) / 'compare_psp.json'} and {len(result['figures'])} figures ({result['wall_seconds']:.0f} s)")
+        print(
+            f"wrote {Path(args.out) / 'compare_psp.json'} and {len(result['figures'])} figures ({result['wall_seconds']:.0f} s)"
+        )
     return 0

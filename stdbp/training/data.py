@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.resources
 import logging
 import os
 import tempfile
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from ..errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class DatasetInfo:
 DATASETS = {
     "mnist": DatasetInfo(
         "mnist",
-        Path(__file__).parent / "datasets" / "mnist",
+        Path(str(importlib.resources.files("stdbp"))) / "datasets" / "mnist",  # package data
         ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
         {
             "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -178,7 +179,9 @@ def load_split(directory: Path, split: str) -> Split:
     return Split(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels.astype(np.int64)))
 
 
-def load_dataset(dataset: str = "mnist", data_dir: str | os.PathLike | None = None, splits=("train", "test")) -> dict[str, Split]:
+def load_dataset(
+    dataset: str = "mnist", data_dir: str | os.PathLike | None = None, splits=("train", "test")
+) -> dict[str, Split]:
     """Load the named splits of a dataset; see :func:`dataset_dir` for where it is read from."""
     directory = dataset_dir(dataset, data_dir)
     verify_checksums(directory)

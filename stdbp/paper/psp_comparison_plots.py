@@ -39,7 +39,10 @@ def plot_membrane_traces(ax: Axes, traces: dict[str, Any], kernel: str) -> Axes:
     """V(t) of one neuron with large (blue) and scaled-down (green) weights, as in Figs. 2c and 3c."""
     t = np.asarray(traces["t"])
     threshold = traces["threshold"]
-    for size, color, label in (("large", "tab:blue", "weights w"), ("small", "tab:green", f"weights {traces['scale']:.2f} w")):
+    for size, color, label in (
+        ("large", "tab:blue", "weights w"),
+        ("small", "tab:green", f"weights {traces['scale']:.2f} w"),
+    ):
         v = np.asarray(traces[kernel][size])
         t_fire = traces[kernel][f"t_fire_{size}"]
         state = "dead" if t_fire is None else f"fires at {t_fire:.3f}"
@@ -47,7 +50,14 @@ def plot_membrane_traces(ax: Axes, traces: dict[str, Any], kernel: str) -> Axes:
         if t_fire is not None:
             ax.plot([t_fire], [threshold], "o", color=color)
     ax.axhline(threshold, color="k", linestyle="--", linewidth=0.8, label="threshold")
-    ax.plot(traces["input_times"], np.zeros(len(traces["input_times"])), "|", color="0.5", markersize=8, label="input spikes")
+    ax.plot(
+        traces["input_times"],
+        np.zeros(len(traces["input_times"])),
+        "|",
+        color="0.5",
+        markersize=8,
+        label="input spikes",
+    )
     ax.set_ylim(-0.5 * threshold, 2.0 * threshold)
     ax.set_xlabel("time")
     ax.set_ylabel("membrane potential V(t)")
@@ -61,7 +71,13 @@ def plot_accuracy(ax: Axes, result: dict[str, Any]) -> Axes:
     """Test accuracy per epoch (epoch 0 = the shared initial weights)."""
     for kernel, run in result["kernels"].items():
         rows = run["history"]
-        ax.plot([r["epoch"] for r in rows], [100 * r["test_accuracy"] for r in rows], "o-", color=COLORS[kernel], label=LABELS[kernel])
+        ax.plot(
+            [r["epoch"] for r in rows],
+            [100 * r["test_accuracy"] for r in rows],
+            "o-",
+            color=COLORS[kernel],
+            label=LABELS[kernel],
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
@@ -74,7 +90,13 @@ def plot_dead_share(ax: Axes, result: dict[str, Any]) -> Axes:
     n = result["config"]["heldout"]
     for kernel, run in result["kernels"].items():
         rows = run["history"]
-        ax.plot([r["epoch"] for r in rows], [100 * r["dead_share"] for r in rows], "o-", color=COLORS[kernel], label=LABELS[kernel])
+        ax.plot(
+            [r["epoch"] for r in rows],
+            [100 * r["dead_share"] for r in rows],
+            "o-",
+            color=COLORS[kernel],
+            label=LABELS[kernel],
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("dead hidden neurons (%)")
     ax.set_title(f"silent on all {n} held-out test images", fontsize=9)
@@ -88,7 +110,13 @@ def plot_grad_norm_steps(ax: Axes, result: dict[str, Any]) -> Axes:
     for kernel, run in result["kernels"].items():
         norms = np.array([math.nan if v is None else v for v in run["grad_norms"]], dtype=np.float64)
         bad = int((~np.isfinite(norms)).sum())
-        ax.plot(np.arange(1, len(norms) + 1), norms, linewidth=0.5, color=COLORS[kernel], label=f"{LABELS[kernel]}; NaN/inf steps: {bad}")
+        ax.plot(
+            np.arange(1, len(norms) + 1),
+            norms,
+            linewidth=0.5,
+            color=COLORS[kernel],
+            label=f"{LABELS[kernel]}; NaN/inf steps: {bad}",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("gradient norm ||dL/dw||")

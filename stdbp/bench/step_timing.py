@@ -2,7 +2,7 @@
 
 Every step is a full training step on a real MNIST batch: forward, loss, backward, Adam update
 (PyTorch's fused Adam for every configuration). The stdbp step is the one ``stdbp train`` runs
-(:func:`stdbp.fused.loss_and_backward`); the others go through autograd.
+(:func:`stdbp.training.step.loss_and_backward`); the others go through autograd.
 The configurations are timed in one process, interleaved (one step of each in turn), and the
 median after warm-up is reported. Peak memory is measured in a fresh process per configuration
 (:func:`memory_probe`): the peak growth of the resident set while the model is built and trained,
@@ -12,26 +12,35 @@ after the code has been loaded, with glibc mapping every block of 64 KiB or more
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import load_model
-from .data import load_dataset
-from .fused import loss_and_backward
-from .models import build, parse_arch
-from .train import encode
+from ..checkpoint import default_pretrained_dir, load_model, pretrained_checkpoint
+from ..nn import SpikingLinear, build, parse_arch
+from ..training.data import load_dataset
+from ..training.loop import encode
+from ..training.step import loss_and_backward
 
-__all__ = ["PROBE_MALLOC", "memory_probe", "relu_network", "snntorch_network", "make_steps", "run_bench", "shipped_checkpoint", "tiny_arch"]
+__all__ = [
+    "PROBE_MALLOC",
+    "memory_probe",
+    "relu_network",
+    "snntorch_network",
+    "make_steps",
+    "run_bench",
+    "shipped_checkpoint",
+    "tiny_arch",
+]
 
 DEFAULT_ARCHS = ("784-800-10", "28x28-6C5-P2-16C5-P2-1024-128-10")
 
@@ -105,18 +114,20 @@ def make_steps(
     snn_steps: tuple[int, ...] = (25,),
     only: str | None = None,
     trained: str | os.PathLike | None = None,
+    backward: str = "auto",
 ) -> dict[str, Callable[[int], None]]:
     """One training-step function per configuration, each taking the index of the batch to use.
 
     With ``only``, just that configuration is built (for memory probes). With ``trained`` (a
     checkpoint of ``arch``), also ``stdbp_trained``: the same step starting from trained weights.
+    ``backward``: how stdbp's fully connected layers sum eqs. 14-15 (``stdbp.kernels.BACKWARD_METHODS``).
     """
     torch.manual_seed(0)
     steps: dict[str, Callable[[int], None]] = {}
     if only in (None, "stdbp"):
-        steps["stdbp"] = _stdbp_step(arch, batches)
+        steps["stdbp"] = _stdbp_step(arch, batches, backward=backward)
     if trained is not None and only in (None, "stdbp_trained"):
-        steps["stdbp_trained"] = _stdbp_step(arch, batches, trained)
+        steps["stdbp_trained"] = _stdbp_step(arch, batches, trained, backward)
     if only in (None, "relu"):
         steps["relu"] = _relu_step(arch, batches)
     for num_steps in snn_steps:
@@ -127,7 +138,9 @@ def make_steps(
     return steps
 
 
-def _adam_step(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], loss_fn: Callable) -> Callable[[int], None]:
+def _adam_step(
+    model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], loss_fn: Callable
+) -> Callable[[int], None]:
     """A training step of ``model`` on ``data[i % len(data)]``: forward, loss, backward, fused Adam."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 
@@ -141,11 +154,19 @@ def _adam_step(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], 
     return step
 
 
-def _stdbp_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]], checkpoint: str | os.PathLike | None = None) -> Callable[[int], None]:
-    """The step ``stdbp train`` runs: :func:`stdbp.fused.loss_and_backward` (forward, loss and
+def _stdbp_step(
+    arch: str,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    checkpoint: str | os.PathLike | None = None,
+    backward: str = "auto",
+) -> Callable[[int], None]:
+    """The step ``stdbp train`` runs: :func:`stdbp.training.step.loss_and_backward` (forward, loss and
     backward; the autograd path's results without its graph), then fused Adam."""
     coded = [(encode(images, 1.0), labels) for images, labels in batches]
     model = load_model(checkpoint, arch) if checkpoint is not None else build(arch)
+    for layer in model.layers:
+        if isinstance(layer, SpikingLinear):
+            layer.backward = backward
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 
     def step(i: int) -> None:
@@ -157,19 +178,24 @@ def _stdbp_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]], che
     return step
 
 
-def shipped_checkpoint(arch: str) -> Path | None:
-    """The repository's trained MNIST network of ``arch`` (``pretrained/mnist-ARCH.pt``), if there is one."""
-    path = Path(__file__).resolve().parents[1] / "pretrained" / f"mnist-{arch}.pt"
-    return path if path.is_file() else None
+def shipped_checkpoint(arch: str, pretrained_dir: str | os.PathLike | None = None) -> Path | None:
+    """The trained MNIST network of ``arch`` in ``pretrained_dir`` (``mnist-ARCH.pt``; default
+    :func:`stdbp.checkpoint.default_pretrained_dir`, the repository's ``pretrained/``), if there is one."""
+    return pretrained_checkpoint(default_pretrained_dir() if pretrained_dir is None else pretrained_dir, arch)
 
 
 def _relu_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], None]:
     spatial = len(parse_arch(arch)[0].shape) == 3
-    floats = [((images.float() / 255).unsqueeze(1) if spatial else (images.float() / 255).flatten(1), labels) for images, labels in batches]
+    floats = [
+        ((images.float() / 255).unsqueeze(1) if spatial else (images.float() / 255).flatten(1), labels)
+        for images, labels in batches
+    ]
     return _adam_step(relu_network(arch), floats, nn.functional.cross_entropy)
 
 
-def _snntorch_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]], num_steps: int) -> Callable[[int], None] | None:
+def _snntorch_step(
+    arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]], num_steps: int
+) -> Callable[[int], None] | None:
     net = snntorch_network(arch, num_steps)
     if net is None:
         return None
@@ -177,7 +203,7 @@ def _snntorch_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]], 
     return _adam_step(net, trains, nn.functional.cross_entropy)
 
 
-def _batches(batch_size: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def mnist_batches(batch_size: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     train = load_dataset("mnist", splits=("train",))["train"]
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(train), generator=generator)[: batch_size * count]
@@ -203,7 +229,7 @@ def time_steps(steps: dict[str, Callable[[int], None]], warmup: int, repeats: in
 _PROBE = """
 import gc, sys
 from pathlib import Path
-from stdbp.bench import make_steps, _batches, tiny_arch
+from stdbp.bench.step_timing import make_steps, mnist_batches, tiny_arch
 
 def rss(field):
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -212,15 +238,12 @@ def rss(field):
 
 arch, batch_size, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 snn = (int(name.split("_")[1]),) if name.startswith("snntorch") else ()
-batches = _batches(batch_size, 4)
-from stdbp.kernels import numba_autograd
-warm = make_steps(tiny_arch(arch), _batches(2, 1), snn, only=name)
-for mode in ("prefix", "dense", "rows"):  # every kernel the backward may pick (numba_autograd._STACK_BACKWARD)
-    numba_autograd._STACK_BACKWARD = mode
+batches = mnist_batches(batch_size, 4)
+for backward in ("prefix", "dense", "rows"):  # every kernel the backward may pick (stdbp.kernels.BACKWARD_METHODS)
+    warm = make_steps(tiny_arch(arch), mnist_batches(2, 1), snn, only=name, backward=backward)
     for i in range(2):
         warm[name](i)  # load the code (numba's compiled kernels, PyTorch's lazily initialised ones)
-numba_autograd._STACK_BACKWARD = "auto"
-del warm
+    del warm
 gc.collect()
 base = rss("VmRSS:")
 Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current size
@@ -288,7 +311,9 @@ def memory_probe(arch: str, batch_size: int, name: str, runs: int = 3, default_m
         env.update(PROBE_MALLOC)
     peaks = []
     for _ in range(runs):
-        result = subprocess.run([sys.executable, "-c", _PROBE, arch, str(batch_size), name], capture_output=True, text=True, env=env)
+        result = subprocess.run(
+            [sys.executable, "-c", _PROBE, arch, str(batch_size), name], capture_output=True, text=True, env=env
+        )
         if result.returncode != 0:
             raise RuntimeError(f"memory probe for {name} failed: {result.stderr.strip().splitlines()[-1]}")
         peaks.append(float(result.stdout.strip().splitlines()[-1]))
@@ -304,19 +329,20 @@ def run_bench(
     snn_steps: tuple[int, ...] = (25, 100),
     trained: bool = True,
     default_malloc: bool = False,
+    pretrained_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Measure every (arch, batch size); returns ``{"machine": ..., "memory_probe": ..., "results": [...]}``.
 
     The stdbp step is timed on a freshly initialised network (``stdbp_step_ms``, the figure
     compared with ReLU); with ``trained``, also from the repository's trained network of that
-    architecture where there is one (``stdbp_trained_step_ms``): trained networks spike less, so
-    their steps are cheaper.
+    architecture in ``pretrained_dir`` where there is one (``stdbp_trained_step_ms``; default
+    ``./pretrained``): trained networks spike less, so their steps are cheaper.
     """
     results = []
     for arch in archs:
-        checkpoint = shipped_checkpoint(arch) if trained else None
+        checkpoint = shipped_checkpoint(arch, pretrained_dir) if trained else None
         for batch_size in batch_sizes:
-            steps = make_steps(arch, _batches(batch_size, 8), snn_steps, trained=checkpoint)
+            steps = make_steps(arch, mnist_batches(batch_size, 8), snn_steps, trained=checkpoint)
             ms = time_steps(steps, warmup, repeats, slow={n for n in steps if n.startswith("snntorch")})
             row: dict[str, Any] = {
                 "arch": arch,
@@ -330,14 +356,16 @@ def run_bench(
             if checkpoint is not None:
                 row["stdbp_trained_step_ms"] = round(ms["stdbp_trained"], 3)
                 row["ratio_vs_relu_trained"] = round(ms["stdbp_trained"] / ms["relu"], 3)
-                row["trained_checkpoint"] = f"pretrained/{checkpoint.name}"
+                row["trained_checkpoint"] = checkpoint.as_posix()
             for name in steps:
                 if name.startswith("snntorch"):
                     row[f"{name}_step_ms"] = round(ms[name], 3)
                     row[f"speedup_vs_{name}"] = round(ms[name] / ms["stdbp"], 2)
             if memory:
                 for name in (n for n in steps if n != "stdbp_trained"):
-                    row[f"{name}_peak_mib"] = round(memory_probe(arch, batch_size, name, default_malloc=default_malloc), 1)
+                    row[f"{name}_peak_mib"] = round(
+                        memory_probe(arch, batch_size, name, default_malloc=default_malloc), 1
+                    )
                 row["memory_ratio_vs_relu"] = round(row["stdbp_peak_mib"] / max(row["relu_peak_mib"], 1e-9), 2)
             results.append(row)
     machine = {

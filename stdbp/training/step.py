@@ -1,11 +1,11 @@
 """One training step's forward pass, loss and backward pass without building an autograd graph.
 
 :func:`loss_and_backward` is ``loss = first_spike_cross_entropy(model(t_in), labels, tau);
-loss.backward()`` for a :class:`~stdbp.models.SpikingNetwork` whose layers all run on the numba
+loss.backward()`` for a :class:`~stdbp.nn.network.SpikingNetwork` whose layers all run on the numba
 kernels: it calls the forward and backward of the kernels' ``torch.autograd.Function`` classes
-(``stdbp.kernels.numba_autograd``) itself, group by group as ``SpikingNetwork.forward`` runs
+(``stdbp.kernels``) itself, group by group as ``SpikingNetwork.forward`` runs
 them, releases each group's saved state as soon as its backward pass is done, and computes the
-loss and its gradient in one numba call (``stdbp.kernels.numba_loss``) instead of a dozen small
+loss and its gradient in one numba call (``stdbp.kernels.cross_entropy_and_gradient``) instead of a dozen small
 tensor operations and their backward. Spike times are those of the autograd path bit for bit,
 the loss and gradients agree with it to float rounding (``tests/test_fused_step.py``); what it
 saves is the autograd engine, the layer functions' argument checks, the graph and the loss's
@@ -23,16 +23,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .functional import _pair, _pool_pairs, first_spike_cross_entropy
-from .kernels import numba_loss, resolve_backend
-from .kernels.numba_autograd import NO_POOL, EarliestSpikePoolNumba, RelpspConv2dNumba, RelpspLinearNumba, RelpspStackNumba
-from .layers import EarliestSpikePool2d, SpikingConv2d, SpikingLinear
-from .models import SpikingNetwork
+from ..functional import first_spike_cross_entropy
+from ..kernels import (
+    NO_POOL,
+    EarliestSpikePoolNumba,
+    RelpspConv2dNumba,
+    RelpspLinearNumba,
+    RelpspStackNumba,
+    cross_entropy_and_gradient,
+    resolve_backend,
+)
+from ..nn import EarliestSpikePool2d, SpikingConv2d, SpikingLinear, SpikingNetwork
+from ..validation import pair, pool_pairs
 
 __all__ = ["loss_and_backward"]
 
 
-def loss_and_backward(model: SpikingNetwork, t_in: Tensor, labels: Tensor, tau: float = 1.0, silent_time: float | None = None) -> tuple[Tensor, Tensor]:
+def loss_and_backward(
+    model: SpikingNetwork, t_in: Tensor, labels: Tensor, tau: float = 1.0, silent_time: float | None = None
+) -> tuple[Tensor, Tensor]:
     """The loss of ``model`` on a batch, and its gradients added to every parameter's ``.grad``.
 
     Args:
@@ -77,10 +86,14 @@ def _loss_and_gradient(t_out: Tensor, labels: Tensor, tau: float, silent_time: f
     if tau <= 0:
         raise ValueError(f"tau must be positive, got {tau}")
     if t_out.dim() != 2 or labels.shape != t_out.shape[:1] or labels.is_floating_point():
-        raise ValueError(f"expected t_out (batch, classes) and integer labels (batch,), got {tuple(t_out.shape)} and {tuple(labels.shape)} {labels.dtype}")
+        raise ValueError(
+            f"expected t_out (batch, classes) and integer labels (batch,), got {tuple(t_out.shape)} and {tuple(labels.shape)} {labels.dtype}"
+        )
     t_np = t_out.detach().numpy()
     grad = np.empty_like(t_np)
-    loss = numba_loss.cross_entropy_and_gradient(t_np, labels.numpy(), float(tau), math.nan if silent_time is None else float(silent_time), grad)
+    loss = cross_entropy_and_gradient(
+        t_np, labels.numpy(), float(tau), math.nan if silent_time is None else float(silent_time), grad
+    )
     return torch.tensor(loss, dtype=t_out.dtype), torch.from_numpy(grad)
 
 
@@ -88,14 +101,17 @@ def _needs(function: Any, params: list[torch.nn.Parameter]) -> tuple[bool, ...]:
     """``needs_input_grad`` after the input: one flag per argument of ``function.forward``."""
     wants = [p.requires_grad for p in params]
     if function is RelpspStackNumba:
-        return (False, *wants)  # thresholds, then the weights
-    return (*wants, *([False] * 4))  # the weight, then threshold, stride, padding, pool (or kernel, stride)
+        return (False, False, *wants)  # thresholds, backward method, then the weights
+    return (
+        *wants,
+        *([False] * 4),
+    )  # the weight, then threshold and method, or threshold, stride, padding, pool (or kernel, stride)
 
 
 def _param_grads(function: Any, grads: tuple) -> list[Tensor | None]:
     """The gradients of the group's parameters, laid out as the parameters are."""
     if function is RelpspStackNumba:
-        return [None if g is None else g.t() for g in grads[2:]]  # weight_t = weight.t()
+        return [None if g is None else g.t() for g in grads[3:]]  # weight_t = weight.t()
     if function is RelpspLinearNumba:
         return [None if grads[1] is None else grads[1].t()]
     if function is RelpspConv2dNumba:
@@ -132,19 +148,26 @@ def _plan(model: SpikingNetwork, t_in: Tensor) -> list[tuple[Any, tuple, list[to
         if type(layer) not in _KINDS or resolve_backend(t_in.device, layer.backend, _KINDS[type(layer)]) != "numba":
             return None
         if kind == "stack" and len(layers) > 1:
-            plan.append((RelpspStackNumba, (tuple(float(x.threshold) for x in layers), *(x.weight for x in layers)), [x.weight_t for x in layers]))
+            plan.append(
+                (
+                    RelpspStackNumba,
+                    (tuple(float(x.threshold) for x in layers), layers[0].backward, *(x.weight for x in layers)),
+                    [x.weight_t for x in layers],
+                )
+            )
         elif isinstance(layer, SpikingLinear):
-            plan.append((RelpspLinearNumba, (layer.weight, float(layer.threshold)), [layer.weight_t]))
+            plan.append((RelpspLinearNumba, (layer.weight, float(layer.threshold), layer.backward), [layer.weight_t]))
         elif isinstance(layer, SpikingConv2d):
             pool = NO_POOL
             if kind == "conv_pool":
                 if resolve_backend(t_in.device, layers[1].backend, "pool") != "numba":
                     return None
-                window, step = _pool_pairs(layers[1].kernel_size, layers[1].stride)
+                window, step = pool_pairs(layers[1].kernel_size, layers[1].stride)
                 pool = (*window, *step)
-            stride, padding = _pair(layer.stride, "stride", 1), _pair(layer.padding, "padding", 0)
-            plan.append((RelpspConv2dNumba, (layer.weight, float(layer.threshold), stride, padding, pool), [layer.weight]))
+            stride, padding = pair(layer.stride, "stride", 1), pair(layer.padding, "padding", 0)
+            plan.append(
+                (RelpspConv2dNumba, (layer.weight, float(layer.threshold), stride, padding, pool), [layer.weight])
+            )
         else:
-            plan.append((EarliestSpikePoolNumba, _pool_pairs(layer.kernel_size, layer.stride), []))
+            plan.append((EarliestSpikePoolNumba, pool_pairs(layer.kernel_size, layer.stride), []))
     return plan
-

@@ -7,9 +7,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
+from .. import functional as F
+from ..alpha_psp import alpha_psp_linear
 
-__all__ = ["SpikingLinear", "SpikingConv2d", "EarliestSpikePool2d"]
+__all__ = ["SpikingLinear", "SpikingConv2d", "EarliestSpikePool2d", "AlphaSpikingLinear"]
 
 
 class SpikingLinear(nn.Module):
@@ -33,6 +34,7 @@ class SpikingLinear(nn.Module):
         weight_mean: float = 5.0,
         weight_std: float = 1.0,
         backend: str | None = None,
+        backward: str = "auto",
     ) -> None:
         super().__init__()
         self.in_features = in_features
@@ -41,6 +43,7 @@ class SpikingLinear(nn.Module):
         self.weight_mean = weight_mean
         self.weight_std = weight_std
         self.backend = backend
+        self.backward = backward
         self.weight_t = nn.Parameter(torch.empty(in_features, out_features))
         self.reset_parameters()
 
@@ -63,7 +66,7 @@ class SpikingLinear(nn.Module):
             self.weight.normal_(self.weight_mean / self.in_features, self.weight_std / math.sqrt(self.in_features))
 
     def forward(self, t_in: Tensor) -> Tensor:
-        return F.relpsp_linear(t_in, self.weight, self.threshold, self.backend)
+        return F.relpsp_linear(t_in, self.weight, self.threshold, self.backend, self.backward)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, threshold={self.threshold}"
@@ -120,7 +123,12 @@ class SpikingConv2d(nn.Module):
 class EarliestSpikePool2d(nn.Module):
     """Earliest-spike pooling, :func:`stdbp.functional.earliest_spike_pool2d`: ``(B, C, H, W)`` -> ``(B, C, H // k, W // k)`` for the default stride."""
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None, backend: str | None = None) -> None:
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        backend: str | None = None,
+    ) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride
@@ -131,3 +139,40 @@ class EarliestSpikePool2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class AlphaSpikingLinear(nn.Module):
+    """A fully connected layer of alpha-PSP neurons: ``(B, in_features)`` -> ``(B, out_features)`` spike times.
+
+    Initialised as :class:`SpikingLinear`: normal weights with
+    ``mean = weight_mean / in_features`` and ``std = weight_std / sqrt(in_features)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        threshold: float = 1.0,
+        tau: float = 1.0,
+        weight_mean: float = 5.0,
+        weight_std: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.threshold = threshold
+        self.tau = tau
+        self.weight_mean = weight_mean
+        self.weight_std = weight_std
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.normal_(self.weight_mean / self.in_features, self.weight_std / math.sqrt(self.in_features))
+
+    def forward(self, t_in: Tensor) -> Tensor:
+        return alpha_psp_linear(t_in, self.weight, self.threshold, self.tau)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, threshold={self.threshold}, tau={self.tau}"

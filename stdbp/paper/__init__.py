@@ -1,0 +1,1 @@
+"""The paper's experiments: Fig. 5 (``analysis``), Section 2 (``psp_comparison``) and ``reproduce``."""
