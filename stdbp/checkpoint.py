@@ -1,5 +1,9 @@
 """Checkpoints that rebuild their network without code, written atomically.
 
+Model files are data: they are read with ``torch.load(weights_only=True)``, which builds only
+tensors, numbers, strings and containers (and the few PyTorch types a training state holds);
+a file that names any other object is refused before anything in it runs.
+
 A checkpoint is a ``torch.save`` dictionary with ``format_version``, ``model`` (the arguments of
 :func:`stdbp.build`) and ``state_dict``; training checkpoints add the optimizer, scheduler,
 progress and random-generator states.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -68,8 +73,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; give the path of a .pt file written by 'stdbp train'")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as exc:
+        # weights_only: tensors, numbers, strings and containers only; any other object is refused
+        # before it is built, so nothing in the file runs
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"it names {found.group(1)}" if found else "it holds objects other than tensors, numbers and containers"
+        raise CheckpointError(
+            f"{path} is not plain data ({what}); refused, nothing in it was run. "
+            "A stdbp model file holds only tensors, numbers, strings, lists and dicts"
+        ) from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{path} is not a readable stdbp checkpoint ({type(exc).__name__}); it may be truncated or corrupt"
         ) from None
