@@ -75,6 +75,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.distributed import init_from_environment
     from .training.loop import TrainConfig, TrainingInterrupted, fresh_run_dir, resume_config, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -95,23 +96,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
         base = {**dataclasses.asdict(TrainConfig()), **base}
     config = TrainConfig(**{**base, **given})
     config.validate()
-    if not args.resume:
-        out = Path(args.out) if args.out else fresh_run_dir(f"runs/{config.dataset}-{config.arch}-seed{config.seed}")
-    start = time.perf_counter()
+    context = init_from_environment()  # torchrun: this process's rank; otherwise one process
     try:
-        last = train(
-            config,
-            out,
-            resume=bool(args.resume),
-            force=args.force,
-            progress=not args.no_progress and sys.stderr.isatty(),
+        if not args.resume:
+            out = (
+                Path(args.out) if args.out else fresh_run_dir(f"runs/{config.dataset}-{config.arch}-seed{config.seed}")
+            )
+            out = Path(context.broadcast_text(str(out)))  # rank 0's choice of a fresh directory
+        start = time.perf_counter()
+        try:
+            last = train(
+                config,
+                out,
+                resume=bool(args.resume),
+                force=args.force,
+                progress=not args.no_progress and sys.stderr.isatty(),
+                context=context,
+            )
+        except TrainingInterrupted as exc:
+            if context.leader:
+                print(f"stdbp: {exc}", file=sys.stderr)
+            return 128 + exc.signum
+    finally:
+        context.close()
+    if context.leader:
+        print(
+            f"test accuracy {100 * last['test_accuracy']:.2f}% after {last['epoch']} epochs ({time.perf_counter() - start:.0f} s); "
+            f"run in {out}" + (f" ({context.world} processes)" if context.distributed else "")
         )
-    except TrainingInterrupted as exc:
-        print(f"stdbp: {exc}", file=sys.stderr)
-        return 128 + exc.signum
-    print(
-        f"test accuracy {100 * last['test_accuracy']:.2f}% after {last['epoch']} epochs ({time.perf_counter() - start:.0f} s); run in {out}"
-    )
     return 0
 
 
@@ -265,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .paper.reproduce import add_parser as _add_reproduce
 
     _add_reproduce(sub)
+    from .interop.nir import add_parser as _add_nir
+
+    _add_nir(sub)
     return parser
 
 

@@ -251,11 +251,11 @@ class _FillSilent(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, t_out: Tensor, fill: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, t_out: Tensor, fill: Tensor) -> Tensor:
         return torch.where(torch.isinf(t_out), fill, t_out)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         return grad, None
 
 

@@ -25,7 +25,7 @@ def pair(value: int | tuple[int, int], name: str, minimum: int) -> tuple[int, in
     both = (value, value) if isinstance(value, int) else tuple(value)
     if len(both) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in both):
         raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
-    return both  # type: ignore[return-value]
+    return both
 
 
 def pool_pairs(

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -50,20 +50,22 @@ def relu_network(arch: str) -> nn.Module:
     specs = parse_arch(arch)
     layers: list[nn.Module] = []
     shape = specs[0].shape
+    channels: int | None  # both None while the input is flat: the architectures SpikingNetwork builds (convolutions
+    spatial: tuple[int, ...] | None  # and pooling only on a spatial map) never reach a conv or pool spec then
     channels, spatial = (shape[0], shape[1:]) if len(shape) == 3 else (None, None)
     features = specs[0].size
     for index, spec in enumerate(specs[1:]):
         last = index == len(specs) - 2
         if spec.kind == "conv":
-            layers += [nn.Conv2d(channels, spec.size, spec.kernel), nn.ReLU()]
-            channels, spatial = spec.size, tuple(d - spec.kernel + 1 for d in spatial)
+            layers += [nn.Conv2d(cast(int, channels), spec.size, spec.kernel), nn.ReLU()]
+            channels, spatial = spec.size, tuple(d - spec.kernel + 1 for d in cast("tuple[int, ...]", spatial))
         elif spec.kind == "pool":
             layers.append(nn.MaxPool2d(spec.kernel))
-            spatial = tuple(d // spec.kernel for d in spatial)
+            spatial = tuple(d // spec.kernel for d in cast("tuple[int, ...]", spatial))
         else:
             if spatial is not None:
                 layers.append(nn.Flatten())
-                features, spatial = channels * spatial[0] * spatial[1], None
+                features, spatial = cast(int, channels) * spatial[0] * spatial[1], None
             layers.append(nn.Linear(features, spec.size))
             if not last:
                 layers.append(nn.ReLU())
@@ -71,7 +73,7 @@ def relu_network(arch: str) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def snntorch_network(arch: str, num_steps: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def snntorch_network(arch: str, num_steps: int) -> nn.Module | None:
     """snnTorch ``Leaky`` neurons of the same (fully connected) shape, run for ``num_steps``; None if unavailable."""
     try:
         import snntorch as snn
@@ -90,14 +92,14 @@ def snntorch_network(arch: str, num_steps: int) -> Callable[[torch.Tensor], torc
             self.linears, self.neurons = linears, neurons
 
         def forward(self, spikes: torch.Tensor) -> torch.Tensor:  # (T, B, N_in) -> spike counts (B, classes)
-            mems = [neuron.init_leaky() for neuron in self.neurons]
-            count = 0
+            mems = [cast(Any, neuron).init_leaky() for neuron in self.neurons]  # snntorch is untyped
+            count: torch.Tensor | int = 0
             for step in range(spikes.shape[0]):
                 x = spikes[step]
                 for k, (linear, neuron) in enumerate(zip(self.linears, self.neurons)):
                     x, mems[k] = neuron(linear(x), mems[k])
                 count = count + x
-            return count
+            return cast(torch.Tensor, count)  # a tensor after the first time step
 
     return Net()
 

@@ -180,7 +180,7 @@ class AlphaPspLinear(torch.autograd.Function):
     """Forward: the exact first crossing. Backward: SpikeProp (eqs. 4-7), unclipped."""
 
     @staticmethod
-    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float, tau: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float, tau: float) -> Tensor:
         t_np = t_in.detach().to(torch.float64).contiguous().numpy()
         w_t = np.ascontiguousarray(weight.detach().to(torch.float64).numpy().T)  # (N_in, N_out)
         batch, n_in = t_np.shape
@@ -197,7 +197,7 @@ class AlphaPspLinear(torch.autograd.Function):
         return torch.from_numpy(t_out).to(t_in.dtype)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         import numba
 
         w_t, t_out, slope, n_causal, order, times, n_spikes, tau = ctx.scan

@@ -65,7 +65,7 @@ class RelpspLinearNumba(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float, method: str = "auto") -> Tensor:  # type: ignore[override]
+    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float, method: str = "auto") -> Tensor:
         import numba
 
         from . import numba_linear
@@ -93,7 +93,7 @@ class RelpspLinearNumba(torch.autograd.Function):
         return torch.from_numpy(t_out)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         from . import numba_linear, numba_linear_backward
 
         scan: LinearScan = ctx.scan
@@ -216,7 +216,7 @@ class RelpspStackNumba(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, t_in: Tensor, thresholds: Sequence[float], method: str, *weights: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, t_in: Tensor, thresholds: Sequence[float], method: str, *weights: Tensor) -> Tensor:
         from . import numba_stack
 
         t_np = t_in.detach().contiguous().numpy()
@@ -257,7 +257,7 @@ class RelpspStackNumba(torch.autograd.Function):
         return torch.from_numpy(t[-1])
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         import numba
 
         from . import numba_linear_backward, numba_stack

@@ -66,7 +66,7 @@ class RelpspConv2dNumba(torch.autograd.Function):
         stride: tuple[int, int],
         padding: tuple[int, int],
         pool: tuple[int, int, int, int],
-    ) -> Tensor:  # type: ignore[override]
+    ) -> Tensor:
         from . import numba_conv
 
         batch, c_in, h_in, w_in = t_in.shape
@@ -121,7 +121,7 @@ class RelpspConv2dNumba(torch.autograd.Function):
         return torch.from_numpy(t_pool if pool[0] else t_out).view(batch, *shape)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         from . import numba_conv, numba_linear
 
         scan: ConvScan = ctx.scan
@@ -165,7 +165,7 @@ class EarliestSpikePoolNumba(torch.autograd.Function):
     """Autograd wrapper of ``numba_pool``: the earliest spike of each window, its gradient back to it."""
 
     @staticmethod
-    def forward(ctx, t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:  # type: ignore[override]
+    def forward(ctx, t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:
         from . import numba_pool
 
         batch, channels, height, width = t_in.shape
@@ -179,7 +179,7 @@ class EarliestSpikePoolNumba(torch.autograd.Function):
         return torch.from_numpy(t_out).view(batch, channels, h_out, w_out)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         from . import numba_pool
 
         batch, channels, height, width = ctx.in_shape

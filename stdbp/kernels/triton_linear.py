@@ -148,7 +148,7 @@ class RelpspLinearTriton(torch.autograd.Function):
     """Autograd wrapper of the Triton scan: forward eq. 12, backward eqs. 14-15."""
 
     @staticmethod
-    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float) -> Tensor:
         t_in = t_in.detach().contiguous()
         weight_t = weight.detach().t().contiguous()  # (N_in, N_out): no copy for SpikingLinear's parameter
         batch, n_in = t_in.shape
@@ -168,7 +168,7 @@ class RelpspLinearTriton(torch.autograd.Function):
         return t_out
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         times, order, count, weight_t, anchor, inv_slope, n_causal = ctx.saved_tensors
         batch, n_in = times.shape
         n_out = weight_t.shape[1]

@@ -52,11 +52,11 @@ class SpikingLinear(nn.Module):
         """``(out_features, in_features)`` view of ``weight_t``."""
         return self.weight_t.t()
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
         weight_t = self.weight_t if keep_vars else self.weight_t.detach()
         destination[prefix + "weight"] = weight_t.t()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "weight" in state_dict:
             state_dict[prefix + "weight_t"] = state_dict.pop(prefix + "weight").t()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

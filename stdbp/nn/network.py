@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -210,9 +211,9 @@ class SpikingNetwork(nn.Module):
         t = self.shape_input(t_in)
         for kind, layers in self.groups():
             if kind == "stack":
-                t = _run_stack(t, layers)  # type: ignore[arg-type]
+                t = _run_stack(t, cast("list[SpikingLinear]", layers))
             elif kind == "conv_pool":
-                conv, pool = layers
+                conv, pool = cast("tuple[SpikingConv2d, EarliestSpikePool2d]", layers)
                 t = F.relpsp_conv2d_pool(
                     t,
                     conv.weight,
@@ -222,7 +223,7 @@ class SpikingNetwork(nn.Module):
                     pool.kernel_size,
                     pool.stride,
                     conv.backend,
-                )  # type: ignore[arg-type]
+                )
             else:
                 t = layers[0](t.flatten(1) if isinstance(layers[0], AlphaSpikingLinear) and t.dim() > 2 else t)
         return t
@@ -239,7 +240,7 @@ class SpikingNetwork(nn.Module):
             layer = layers[index]
             index += 1
             if _stackable(layer):
-                if groups and groups[-1][0] == "stack" and groups[-1][1][0].backend == layer.backend:  # type: ignore[union-attr]
+                if groups and groups[-1][0] == "stack" and groups[-1][1][0].backend == layer.backend:
                     groups[-1][1].append(layer)
                 else:
                     groups.append(("stack", [layer]))

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -279,7 +279,7 @@ def compare_psp(
     heldout_images = data["test"].images[: config.heldout]
     heldout = latency_encode(heldout_images, config.t_max, dtype=torch.float64).reshape(len(heldout_images), -1)
 
-    traces = membrane_traces(relpsp.layers[0].weight.detach(), heldout[0], config.threshold, config.tau)
+    traces = membrane_traces(cast(Tensor, relpsp.layers[0].weight).detach(), heldout[0], config.threshold, config.tau)
     result: dict[str, Any] = {
         "config": asdict(config),
         "dtdv_log10_edges": DTDV_EDGES.tolist(),

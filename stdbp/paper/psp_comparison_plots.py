@@ -7,8 +7,9 @@ writes the three PNG files with matplotlib's Agg canvas, without touching pyplot
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -180,7 +181,13 @@ def plot_grad_norm_histogram(ax: Axes, result: dict[str, Any]) -> Axes:
     positive = np.concatenate([v[v > 0] for v in runs.values()] + [np.array([1.0])])
     bins = np.logspace(math.floor(np.log10(positive.min())), math.ceil(np.log10(positive.max())) + 1e-9, 60)
     for kernel, norms in runs.items():
-        ax.hist(norms[norms > 0], bins=bins, histtype="step", color=COLORS[kernel], label=LABELS[kernel])
+        ax.hist(
+            norms[norms > 0],
+            bins=cast("Sequence[float]", bins),
+            histtype="step",
+            color=COLORS[kernel],
+            label=LABELS[kernel],
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylim(bottom=0.5)

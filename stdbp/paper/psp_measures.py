@@ -4,7 +4,7 @@ and membrane-potential traces, for ReL-PSP and alpha-PSP layers alike."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ def _kernel_of(layer: torch.nn.Module) -> str:
 def _layer_times(layer: torch.nn.Module, t_in: Tensor, weight: Tensor) -> Tensor:
     if isinstance(layer, AlphaSpikingLinear):
         return alpha_psp_linear(t_in, weight, layer.threshold, layer.tau)
-    return F.relpsp_linear(t_in, weight, layer.threshold)
+    return F.relpsp_linear(t_in, weight, cast(float, layer.threshold))
 
 
 def percentiles(values: np.ndarray) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def hidden_statistics(model: SpikingNetwork, t_in: Tensor) -> dict[str, Any]:
         ``output_dead_share`` / ``output_silent_fraction`` for the output layer.
     """
     times = [t_in.to(torch.float64)]
-    weights = [layer.weight.detach().to(torch.float64) for layer in model.layers]
+    weights = [cast(Tensor, layer.weight).detach().to(torch.float64) for layer in model.layers]
     for layer, weight in zip(model.layers, weights, strict=True):
         times.append(_layer_times(layer, times[-1], weight))
     dead, dtdv, effective = [], [], []
@@ -81,7 +81,7 @@ def hidden_statistics(model: SpikingNetwork, t_in: Tensor) -> dict[str, Any]:
         pairs += fired.numel()
         dtdv.append(inv[fired.numpy()])
         effective.append(inv[(fired & (t_out < latest_next)).numpy()])
-    hidden = [layer.out_features for layer in model.layers[:-1]]
+    hidden = [cast(int, layer.out_features) for layer in model.layers[:-1]]
     return {
         "dead_share": float(sum(d * n for d, n in zip(dead, hidden, strict=True)) / sum(hidden)),
         "dead_per_layer": dead,
@@ -156,7 +156,7 @@ def membrane_traces(
         "t": grid.tolist(),
     }
     for kernel in KERNELS:
-        traces = {}
+        traces: dict[str, Any] = {}
         for size, wj in (("large", w[j : j + 1]), ("small", small[j : j + 1])):
             traces[size] = membrane_potential(grid, t_row, wj, kernel, tau)[0, :, 0].tolist()
             t_fire = float(fire[kernel, size][j])

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -51,7 +51,7 @@ ARCHS = ("784-400-10", "784-800-10", "28x28-6C5-P2-16C5-P2-1024-128-10")
 FC_ARCHS = ARCHS[:2]
 COMPARE_ARCH = "784-400-10"
 #: The paper's numbers, in percent.
-PAPER = {
+PAPER: dict[str, dict[str, Any]] = {
     "table1": {"784-400-10": 98.1, "784-800-10": 98.4, "28x28-6C5-P2-16C5-P2-1024-128-10": 99.2},
     "fig5": {"784-400-10": {"hidden_fired_before_decision": 48.6, "hidden_fired": 66.3}},
 }
@@ -144,7 +144,7 @@ def _fig5(checkpoint: str, out: Path, budget: Budget, data_dir: str | None, prog
 
 def _section2(out: Path, budget: Budget, progress: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     """:func:`compare_psp` on 784-400-10 (or its saved result of the same configuration): final rows per kernel."""
-    options = {"heldout": budget.compare_heldout, "test_limit": budget.compare_test_limit}
+    options: dict[str, Any] = {"heldout": budget.compare_heldout, "test_limit": budget.compare_test_limit}
     config = ComparePspConfig(
         arch=COMPARE_ARCH, epochs=budget.compare_epochs, train_limit=budget.compare_train_limit, **options
     )
@@ -277,7 +277,7 @@ def _budget_overrides(base: Budget, items: list[str]) -> Budget:
             changes[key] = None if value.lower() == "none" else int(value)
         except ValueError:
             raise StdbpError(f"--budget {item!r}: the value must be an integer or 'none'") from None
-    return dataclasses.replace(base, **changes)
+    return dataclasses.replace(base, **cast(dict[str, Any], changes))  # fields checked above; values int or None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -33,6 +33,7 @@ from ..kernels import all_finite, numba_cache_ready
 from ..nn.network import SpikingNetwork, build
 from .augment import jitter_times, random_affine, random_shift
 from .data import Split, load_dataset
+from .distributed import SINGLE, Context, dist_backend, numba_threads
 from .step import loss_and_backward
 
 log = logging.getLogger(__name__)
@@ -112,16 +113,26 @@ def encode(images: Tensor, t_max: float) -> Tensor:
 
 @torch.no_grad()
 def evaluate(
-    model: SpikingNetwork, split: Split, t_max: float = 1.0, batch_size: int = 1000, progress: bool = False
+    model: SpikingNetwork,
+    split: Split,
+    t_max: float = 1.0,
+    batch_size: int = 1000,
+    progress: bool = False,
+    context: Context = SINGLE,
 ) -> dict[str, Any]:
-    """Accuracy of first-spike decisions on ``split``: ``{"accuracy", "correct", "n", "silent"}``."""
+    """Accuracy of first-spike decisions on ``split``: ``{"accuracy", "correct", "n", "silent"}``.
+    Under torchrun each rank evaluates its share of ``split`` and the counts are summed."""
     correct = silent = 0
-    batches = range(0, len(split), batch_size)
-    for start in tqdm(batches, desc="eval", leave=False, disable=not progress):
-        t_out = model(encode(split.images[start : start + batch_size], t_max))
+    lo, hi = context.rows(len(split))
+    batches = range(lo, hi, batch_size)
+    for start in tqdm(batches, desc="eval", leave=False, disable=not progress or not context.leader):
+        end = min(start + batch_size, hi)
+        t_out = model(encode(split.images[start:end], t_max))
         decision = F.first_spike_decision(t_out)
-        correct += int((decision == split.labels[start : start + batch_size]).sum())
+        correct += int((decision == split.labels[start:end]).sum())
         silent += int((decision < 0).sum())
+    if context.distributed:
+        correct, silent = (int(x) for x in context.reduce_sums([correct, silent]))
     return {"accuracy": correct / len(split), "correct": correct, "n": len(split), "silent": silent}
 
 
@@ -180,6 +191,10 @@ def _prepare_run_dir(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _silent(message: str) -> None:
+    """The ``echo`` of ranks other than 0."""
+
+
 def _write_metrics(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
@@ -191,14 +206,23 @@ def train(
     force: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    context: Context = SINGLE,
 ) -> dict[str, Any]:
     """Train a network as ``config`` says, in run directory ``out``; return the final metrics row.
 
     With ``resume``, ``out`` must hold a ``checkpoint.pt``; the run continues from it. Pass the
     saved configuration (:func:`resume_config`), with ``epochs`` raised to extend the run.
+    ``context``: this process's place in a data-parallel run (:mod:`stdbp.training.distributed`);
+    every rank calls ``train`` alike, rank 0 alone writes files and prints.
     """
     out = Path(out)
     config.validate()
+    if config.batch_size < context.world:
+        raise StdbpError(
+            f"--batch-size {config.batch_size} is the global batch: it needs at least one image for each of the {context.world} processes"
+        )
+    if not context.leader:
+        progress, echo = False, _silent
     # Everything a user can get wrong is checked before the run directory is touched.
     state = load_checkpoint(out / "checkpoint.pt") if resume else None
     data = load_dataset(config.dataset, config.data_dir)
@@ -208,13 +232,23 @@ def train(
     torch.manual_seed(config.seed)
     model = build(config.arch, threshold=config.threshold)
     model.shape_input(encode(train_split.images[:1], config.t_max))  # the data must fit the architecture
-    if not resume:
-        _prepare_run_dir(out, force)
-    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    if context.leader:
+        refused = None
+        try:
+            if not resume:
+                _prepare_run_dir(out, force)
+            atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        except StdbpError as exc:
+            refused = exc
+        if context.reduce_sums([float(refused is not None)])[0] and refused is not None:
+            raise refused
+    elif context.reduce_sums([0.0])[0]:
+        raise StdbpError(f"rank 0 refused the run directory {out}")
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for the whole update
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     if config.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     else:
@@ -248,6 +282,8 @@ def train(
         running.update(state.get("running", {}))
 
     def checkpoint() -> None:
+        if not context.leader:
+            return
         save_checkpoint(
             out / "checkpoint.pt",
             model,
@@ -264,7 +300,12 @@ def train(
         )
 
     last: dict[str, Any] = metrics[-1] if metrics else {}
-    compiling = not numba_cache_ready() and next(model.parameters()).device.type == "cpu"
+    if context.distributed:
+        echo(
+            f"{context.world} processes ({dist_backend()}), global batch {config.batch_size}; "
+            f"threads per process: numba {numba_threads()}, torch {torch.get_num_threads()}"
+        )
+    compiling = context.leader and not numba_cache_ready() and next(model.parameters()).device.type == "cpu"
     if compiling:
         print(
             "stdbp: compiling the numba kernels for this machine (first run only, about 30 s on 2 cores) ...",
@@ -290,9 +331,13 @@ def train(
             model.train()
             while step < (epoch + 1) * steps_per_epoch:
                 batch_index = order[(step % steps_per_epoch) * config.batch_size :][: config.batch_size]
-                images = random_affine(train_split.images[batch_index], config.rotate, config.scale, augment_rng)
-                images = random_shift(images, config.shift, augment_rng)
-                t_in = jitter_times(encode(images, config.t_max), config.jitter, augment_rng)
+                rows = None
+                if context.distributed:  # this rank's rows of the global batch; draws made for all of it
+                    lo, hi = context.rows(len(batch_index))
+                    rows, batch_index = (lo, len(batch_index)), batch_index[lo:hi]
+                images = random_affine(train_split.images[batch_index], config.rotate, config.scale, augment_rng, rows)
+                images = random_shift(images, config.shift, augment_rng, rows)
+                t_in = jitter_times(encode(images, config.t_max), config.jitter, augment_rng, rows)
                 labels = train_split.labels[batch_index]
                 optimizer.zero_grad(set_to_none=True)
                 loss, t_out = loss_and_backward(
@@ -306,15 +351,25 @@ def train(
                     )
                     compiling = False
                 loss_value = loss.item()
+                correct = float((F.first_spike_decision(t_out) == labels).sum())
+                seen = len(labels)
+                if context.distributed:  # one all-reduce: gradients (as the global batch's mean), sums, stop flag
+                    total = rows[1] if rows is not None else seen
+                    loss_sum, correct, stopping = context.reduce_step(
+                        model.parameters(), seen / total, [loss_value * seen, correct, float(stop.signal is not None)]
+                    )
+                    loss_value, seen = loss_sum / total, total
+                    if stopping and stop.signal is None:
+                        stop.signal = signal.SIGTERM  # another rank was told to stop
                 if math.isfinite(loss_value) and all_finite(p.grad for p in model.parameters() if p.grad is not None):
                     optimizer.step()
                 else:
                     nonfinite_steps += 1
                 scheduler.step()
                 step += 1
-                running["loss_sum"] += loss_value * len(labels)
-                running["correct"] += float((F.first_spike_decision(t_out) == labels).sum())
-                running["seen"] += len(labels)
+                running["loss_sum"] += loss_value * seen
+                running["correct"] += correct
+                running["seen"] += seen
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{running['loss_sum'] / running['seen']:.4f}",
@@ -328,7 +383,7 @@ def train(
                     checkpoint()
             bar.close()
             model.eval()
-            test = evaluate(model, test_split, config.t_max, config.eval_batch_size)
+            test = evaluate(model, test_split, config.t_max, config.eval_batch_size, context=context)
             seconds = time.perf_counter() - start_time
             last = {
                 "epoch": epoch + 1,
@@ -342,11 +397,13 @@ def train(
                 "nonfinite_steps": nonfinite_steps,
             }
             metrics.append(last)
-            _write_metrics(out / "metrics.jsonl", metrics)
+            if context.leader:
+                _write_metrics(out / "metrics.jsonl", metrics)
             checkpoint()
             echo(
                 f"epoch {epoch + 1}/{config.epochs}  loss {last['train_loss']:.4f}  train {100 * last['train_accuracy']:.2f}%  "
                 f"test {100 * test['accuracy']:.2f}%  {seconds:.1f} s"
             )
-    save_checkpoint(out / "model.pt", model, config=dataclasses.asdict(config), metrics=metrics)
+    if context.leader:
+        save_checkpoint(out / "model.pt", model, config=dataclasses.asdict(config), metrics=metrics)
     return last

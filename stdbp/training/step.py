@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -144,15 +144,16 @@ def _plan(model: SpikingNetwork, t_in: Tensor) -> list[tuple[Any, tuple, list[to
     for kind, layers in model.groups():
         if any(layer._forward_hooks or layer._forward_pre_hooks for layer in layers):
             return None
-        layer = layers[0]
+        layer = cast("SpikingLinear | SpikingConv2d | EarliestSpikePool2d", layers[0])  # exactly one: checked below
         if type(layer) not in _KINDS or resolve_backend(t_in.device, layer.backend, _KINDS[type(layer)]) != "numba":
             return None
         if kind == "stack" and len(layers) > 1:
+            stack = cast("list[SpikingLinear]", layers)  # model.groups() stacks SpikingLinear layers only
             plan.append(
                 (
                     RelpspStackNumba,
-                    (tuple(float(x.threshold) for x in layers), layers[0].backward, *(x.weight for x in layers)),
-                    [x.weight_t for x in layers],
+                    (tuple(float(x.threshold) for x in stack), stack[0].backward, *(x.weight for x in stack)),
+                    [x.weight_t for x in stack],
                 )
             )
         elif isinstance(layer, SpikingLinear):
@@ -160,9 +161,10 @@ def _plan(model: SpikingNetwork, t_in: Tensor) -> list[tuple[Any, tuple, list[to
         elif isinstance(layer, SpikingConv2d):
             pool = NO_POOL
             if kind == "conv_pool":
-                if resolve_backend(t_in.device, layers[1].backend, "pool") != "numba":
+                pooling = cast(EarliestSpikePool2d, layers[1])  # model.groups() pairs a convolution with its pooling
+                if resolve_backend(t_in.device, pooling.backend, "pool") != "numba":
                     return None
-                window, step = pool_pairs(layers[1].kernel_size, layers[1].stride)
+                window, step = pool_pairs(pooling.kernel_size, pooling.stride)
                 pool = (*window, *step)
             stride, padding = pair(layer.stride, "stride", 1), pair(layer.padding, "padding", 0)
             plan.append(
