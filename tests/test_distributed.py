@@ -41,12 +41,12 @@ ARGS = [
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "stdbp"]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 
 
-def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+def _run(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=600)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -103,6 +103,20 @@ def test_two_processes_train_as_one(tmp_path: Path) -> None:
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]
+
+
+@pytest.mark.slow
+def test_the_autograd_path_reduces_too(tmp_path: Path) -> None:
+    """The reference kernels take the autograd path inside the training step: their gradients
+    are reduced the same way."""
+    args = ["--arch", "784-20-10", "--train-limit", "512", "--epochs", "1", "--no-progress"]
+    one = _run([sys.executable, "-m", "stdbp", "train", *args, "--out", "one"], tmp_path, STDBP_KERNEL="reference")
+    two = _run([*TORCHRUN, "train", *args, "--out", "two"], tmp_path, STDBP_KERNEL="reference")
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = _weights(tmp_path / "one" / "model.pt"), _weights(tmp_path / "two" / "model.pt")
+    for key in a:
+        assert (a[key] - b[key]).abs().max() <= 1e-4 * a[key].abs().max(), key
 
 
 @pytest.mark.slow
