@@ -11,6 +11,7 @@ progress and random-generator states.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .kernels import BACKENDS
 from .nn.network import SpikingNetwork, build
 
 FORMAT_VERSION = 1
@@ -67,11 +69,90 @@ def save_checkpoint(path: str | os.PathLike, model: SpikingNetwork, **extra: Any
     atomic_write_bytes(path, buffer.getvalue())
 
 
+#: The arguments of :func:`stdbp.build` a model file may carry, and the types each may have.
+_MODEL_KEYS: dict[str, tuple[type, ...]] = {
+    "arch": (str,),
+    "threshold": (int, float),
+    "backend": (str, type(None)),
+    "neuron": (str,),
+    "psp_tau": (int, float),
+}
+#: An archive's entries may add up to at most this multiple of the file's size (they are stored
+#: uncompressed by ``torch.save``): more means a crafted file meant to exhaust memory.
+_MAX_EXPANSION = 4
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a file that is not a sound zip archive (``torch.save``'s format) before unpickling:
+    every entry's CRC-32 must match (a flipped byte anywhere is caught), and the entries must not
+    declare more data than the file can hold."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+            if declared > _MAX_EXPANSION * path.stat().st_size + 2**20:
+                raise CheckpointError(
+                    f"{path} declares {declared} bytes of content in a {path.stat().st_size}-byte file; refused"
+                )
+            bad = archive.testzip()
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        OSError,
+        ValueError,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable stdbp checkpoint ({type(exc).__name__}); it may be truncated or corrupt"
+        ) from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is corrupt: its entry {bad} fails its checksum; copy or download it again")
+
+
+def _check_payload(path: Path, payload: Any) -> dict[str, Any]:
+    """The checks every model file passes: the format, the model's arguments, finite floating-point weights."""
+    if not isinstance(payload, dict) or "format_version" not in payload or "model" not in payload:
+        raise CheckpointError(f"{path} is not a stdbp checkpoint (no format_version/model entries)")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {payload['format_version']!r}, this stdbp reads format {FORMAT_VERSION}; "
+            "use the stdbp version that wrote it"
+        )
+    model = payload["model"]
+    if not isinstance(model, dict) or not isinstance(model.get("arch"), str):
+        raise CheckpointError(f"{path}: its model entry has no architecture string")
+    for key, value in model.items():
+        if key not in _MODEL_KEYS or not isinstance(value, _MODEL_KEYS[key]) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: its model entry has a bad {key!r} ({type(value).__name__})")
+        if isinstance(value, (int, float)) and not (math.isfinite(value) and value > 0):
+            raise CheckpointError(f"{path}: its model entry's {key!r} is {value}, not a positive number")
+    if model.get("backend") not in (None, *BACKENDS):
+        raise CheckpointError(f"{path}: its model entry names an unknown kernel backend {model['backend']!r}")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"{path} has no state_dict of named tensors; it is not a stdbp model file")
+    for name, tensor in state.items():
+        if tensor.dtype not in (torch.float32, torch.float64):
+            raise CheckpointError(f"{path}: weights {name!r} are {tensor.dtype}, not float32 or float64")
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weights {name!r} contain NaN or infinite values; refused")
+    return payload
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and check a checkpoint dictionary; raise :class:`CheckpointError` with a fix on failure."""
+    """Load and check a checkpoint dictionary; raise :class:`CheckpointError` with a fix on failure.
+
+    The file must be a sound archive (checksums, sizes), hold plain data only (no object that
+    could run code), and carry the format version, the model's arguments and finite
+    floating-point weights.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; give the path of a .pt file written by 'stdbp train'")
+    _check_archive(path)
     try:
         # weights_only: tensors, numbers, strings and containers only; any other object is refused
         # before it is built, so nothing in the file runs
@@ -83,18 +164,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} is not plain data ({what}); refused, nothing in it was run. "
             "A stdbp model file holds only tensors, numbers, strings, lists and dicts"
         ) from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError, MemoryError, KeyError, TypeError) as exc:
         raise CheckpointError(
             f"{path} is not a readable stdbp checkpoint ({type(exc).__name__}); it may be truncated or corrupt"
         ) from None
-    if not isinstance(payload, dict) or "format_version" not in payload or "model" not in payload:
-        raise CheckpointError(f"{path} is not a stdbp checkpoint (no format_version/model entries)")
-    if payload["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format {payload['format_version']}, this stdbp reads format {FORMAT_VERSION}; "
-            "use the stdbp version that wrote it"
-        )
-    return payload
+    return _check_payload(path, payload)
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None) -> SpikingNetwork:
@@ -110,7 +184,10 @@ def load_model(path: str | os.PathLike, arch: str | None = None) -> SpikingNetwo
         raise CheckpointError(
             f"{path} holds architecture {config.get('arch')!r}, not {arch!r}; pass a matching --arch or checkpoint"
         )
-    model = build(**config)
+    try:
+        model = build(**config)
+    except (ValueError, TypeError) as exc:  # ArchitectureError is a ValueError
+        raise CheckpointError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import StdbpError
 from .version import __version__
@@ -21,18 +22,23 @@ EXIT_USAGE = 2
 
 
 def _config_file(path: str) -> dict:
-    """Read a TOML or JSON file of training options (keys as in ``config.json``)."""
+    """Read a TOML or JSON file of training options (keys as in ``config.json``): a table/object."""
     import tomllib
 
     file = Path(path)
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise StdbpError(f"cannot read --config {file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise StdbpError(f"--config {file} is not UTF-8 text") from None
     try:
-        return json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise StdbpError(f"--config {file} does not parse: {exc}") from None
+        options = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise StdbpError(f"--config {file} does not parse: {str(exc)[:200]}") from None
+    if not isinstance(options, dict):
+        raise StdbpError(f"--config {file} must hold a table of options, not a {type(options).__name__}")
+    return options
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -257,10 +263,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command's one-line errors: ``stdbp: error: ...`` and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"stdbp: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stdbp", description="Deep spiking networks trained by exact spike-time backpropagation."
-    )
+    parser = _Parser(prog="stdbp", description="Deep spiking networks trained by exact spike-time backpropagation.")
     parser.add_argument("--version", action="version", version=f"stdbp {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

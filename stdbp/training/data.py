@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import importlib.resources
 import logging
+import math
 import os
 import tempfile
 import urllib.request
@@ -97,11 +98,38 @@ def _open_bytes(path: Path) -> bytes:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror}") from None
     if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path} is a corrupt or truncated gzip file ({exc}); download it again") from None
+        return _gunzip(raw, path)
     return raw
+
+
+#: A gzip file may expand to at most this many times its size: the MNIST and Fashion-MNIST files
+#: expand 2-5 times; far more is a crafted file meant to exhaust memory.
+_MAX_GZIP_RATIO = 20
+
+
+def _gunzip(raw: bytes, path: Path) -> bytes:
+    """``raw`` decompressed (every gzip member, checksums checked), never past the expansion limit."""
+    limit = _MAX_GZIP_RATIO * len(raw) + 4096
+    parts: list[bytes] = []
+    size = 0
+    rest = raw
+    try:
+        while rest:
+            member = zlib.decompressobj(wbits=31)
+            parts.append(member.decompress(rest, limit + 1 - size))
+            size += len(parts[-1])
+            if size > limit or member.unconsumed_tail:
+                raise DataError(
+                    f"{path} expands to more than {limit} bytes ({_MAX_GZIP_RATIO} times its size); refused"
+                )
+            if not member.eof:
+                raise DataError(f"{path} is a corrupt or truncated gzip file (it ends early); download it again")
+            rest = member.unused_data.lstrip(b"\x00")  # zero padding after a member is allowed, as gzip allows it
+            if rest and rest[:2] != b"\x1f\x8b":
+                raise DataError(f"{path} is a corrupt gzip file (bytes after its end); download it again")
+    except zlib.error as exc:
+        raise DataError(f"{path} is a corrupt or truncated gzip file ({exc}); download it again") from None
+    return b"".join(parts)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -121,7 +149,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path} is truncated: its header is incomplete; download it again")
     dims = tuple(int.from_bytes(data[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = header + int(np.prod(dims)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize
     if len(data) != expected:
         raise DataError(
             f"{path} is truncated or padded: {len(data)} bytes where its header {dims} needs {expected}; download it again"
@@ -167,13 +195,19 @@ def verify_checksums(directory: Path) -> None:
     sums = directory / "SHA256SUMS"
     if not sums.exists():
         return
-    for line in sums.read_text().splitlines():
-        if not line.strip():
-            continue
-        digest, name = line.split()[0], line.split()[-1].lstrip("*")
-        path = directory / name
-        if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            raise DataError(f"{path} does not match its checksum in {sums}; the file is corrupt, replace it")
+    try:
+        lines = sums.read_text().splitlines()
+        for line in lines:
+            if not line.strip():
+                continue
+            digest, name = line.split()[0], line.split()[-1].lstrip("*")
+            path = directory / name
+            if path.parent != directory:
+                raise DataError(f"{sums} names {name!r}, outside its directory")
+            if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                raise DataError(f"{path} does not match its checksum in {sums}; the file is corrupt, replace it")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {sums}: {exc}") from None
 
 
 def load_split(directory: Path, split: str) -> Split:
@@ -187,6 +221,12 @@ def load_split(directory: Path, split: str) -> Split:
         raise DataError(
             f"{directory}: {split} split has {images.shape[0]} images but {labels.shape[0]} labels; the files do not belong together"
         )
+    if images.dtype != np.uint8:
+        raise DataError(
+            f"{directory}: {split} images are {images.dtype}; IDX images must be unsigned bytes (type 0x08)"
+        )
+    if labels.dtype.kind not in "iu" or (labels.size and (int(labels.min()) < 0 or int(labels.max()) >= 2**16)):
+        raise DataError(f"{directory}: {split} labels must be class indices from 0 to 65535")
     return Split(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels.astype(np.int64)))
 
 

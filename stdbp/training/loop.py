@@ -28,9 +28,9 @@ from tqdm import tqdm
 from .. import functional as F
 from ..checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from ..encoding import latency_encode
-from ..errors import RunDirError, StdbpError
+from ..errors import CheckpointError, RunDirError, StdbpError
 from ..kernels import all_finite, numba_cache_ready
-from ..nn.network import SpikingNetwork, build
+from ..nn import AlphaSpikingLinear, SpikingLinear, SpikingNetwork, build
 from .augment import jitter_times, random_affine, random_shift
 from .data import Split, load_dataset
 from .distributed import SINGLE, Context, dist_backend, numba_threads
@@ -65,18 +65,31 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between periodic checkpoints
 
     def validate(self) -> None:
-        """Raise :class:`StdbpError` for values out of range."""
+        """Raise :class:`StdbpError` for a value of the wrong type or out of range (flags,
+        ``--config`` files and saved configurations alike)."""
+        for field in dataclasses.fields(self):
+            value, kinds = getattr(self, field.name), _FIELD_TYPES[field.name]
+            flag = "--" + field.name.replace("_", "-")
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise StdbpError(f"{flag} must be {_KIND_NAMES[kinds]}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise StdbpError(f"{flag} must be a finite number, got {value}")
         checks = [
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
-            (self.tau > 0, "--tau must be positive"),
-            (self.threshold > 0, "--threshold must be positive"),
-            (self.t_max > 0, "--t-max must be positive"),
-            (self.jitter >= 0, "--jitter must be >= 0"),
-            (self.shift >= 0, "--shift must be >= 0"),
+            (self.lr > 0, "--lr must be a positive number"),
+            (1e-6 <= self.t_max <= 1e6, "--t-max must be between 1e-06 and 1e+06 time units"),
+            (1e-6 <= self.threshold <= 1e6, "--threshold must be between 1e-06 and 1e+06"),
+            (
+                1e-6 * self.t_max <= self.tau <= 100 * self.t_max,
+                "--tau must be between 1e-06 and 100 times --t-max (a longer softmax time scale makes every "
+                "output equally likely: the loss is flat and nothing trains)",
+            ),
+            (0 <= self.jitter <= 10 * self.t_max, "--jitter must be between 0 and 10 times --t-max"),
+            (0 <= self.shift <= 1000, "--shift must be between 0 and 1000 pixels"),
             (0 <= self.rotate <= 180, "--rotate must be between 0 and 180 degrees"),
             (0 <= self.scale < 1, "--scale must be in [0, 1)"),
+            (0 <= self.seed < 2**32, "--seed must be between 0 and 2**32 - 1"),
             (self.train_limit is None or self.train_limit >= 1, "--train-limit must be at least 1"),
             (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
@@ -85,6 +98,36 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise StdbpError(message)
+
+
+#: The type each field of :class:`TrainConfig` must have (a float field takes an int too).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "arch": (str,),
+    "dataset": (str,),
+    "data_dir": (str, type(None)),
+    "epochs": (int,),
+    "batch_size": (int,),
+    "lr": (int, float),
+    "schedule": (str,),
+    "tau": (int, float),
+    "threshold": (int, float),
+    "t_max": (int, float),
+    "jitter": (int, float),
+    "shift": (int,),
+    "rotate": (int, float),
+    "scale": (int, float),
+    "seed": (int,),
+    "train_limit": (int, type(None)),
+    "eval_batch_size": (int,),
+    "checkpoint_every": (int,),
+}
+_KIND_NAMES = {
+    (str,): "a string",
+    (str, type(None)): "a string",
+    (int,): "an integer",
+    (int, type(None)): "an integer",
+    (int, float): "a number",
+}
 
 
 def _match_optimizer_layout(optimizer: torch.optim.Optimizer) -> None:
@@ -100,10 +143,41 @@ def _match_optimizer_layout(optimizer: torch.optim.Optimizer) -> None:
                     optimizer.state[param][key] = value.t().contiguous()
 
 
+#: What a training checkpoint holds beyond a model file's entries, and the type of each.
+_TRAINING_STATE: dict[str, type | tuple[type, ...]] = {
+    "config": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "augment_rng": torch.Tensor,
+    "torch_rng": torch.Tensor,
+    "step": int,
+}
+
+
+def _training_state(path: Path) -> dict[str, Any]:
+    """``path`` loaded and checked as a training checkpoint (``--resume``)."""
+    state = load_checkpoint(path)
+    for key, kind in _TRAINING_STATE.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise CheckpointError(f"{path} is not a training checkpoint: its {key!r} entry is missing or malformed")
+    if state["step"] < 0:
+        raise CheckpointError(f"{path}: its step is {state['step']}")
+    return state
+
+
 def resume_config(run_dir: str | Path) -> TrainConfig:
-    """The configuration saved in ``run_dir/checkpoint.pt``."""
-    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
-    return TrainConfig(**state["config"])
+    """The configuration saved in ``run_dir/checkpoint.pt``, checked as ``TrainConfig.validate`` does."""
+    path = Path(run_dir) / "checkpoint.pt"
+    saved = _training_state(path)["config"]
+    unknown = set(saved) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise CheckpointError(f"{path}: its config has unknown keys {', '.join(sorted(map(str, unknown)))}")
+    config = TrainConfig(**saved)
+    try:
+        config.validate()
+    except StdbpError as exc:
+        raise CheckpointError(f"{path}: its config is invalid ({exc})") from None
+    return config
 
 
 def encode(images: Tensor, t_max: float) -> Tensor:
@@ -191,6 +265,14 @@ def _prepare_run_dir(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _classes(model: SpikingNetwork) -> int:
+    """Neurons of the network's output layer."""
+    last = model.layers[-1]
+    if not isinstance(last, (SpikingLinear, AlphaSpikingLinear)):
+        raise StdbpError(f"{model.arch}: the output layer must be fully connected")
+    return last.out_features
+
+
 def _silent(message: str) -> None:
     """The ``echo`` of ranks other than 0."""
 
@@ -224,7 +306,7 @@ def train(
     if not context.leader:
         progress, echo = False, _silent
     # Everything a user can get wrong is checked before the run directory is touched.
-    state = load_checkpoint(out / "checkpoint.pt") if resume else None
+    state = _training_state(out / "checkpoint.pt") if resume else None
     data = load_dataset(config.dataset, config.data_dir)
     train_split, test_split = data["train"], data["test"]
     if config.train_limit:
@@ -232,6 +314,16 @@ def train(
     torch.manual_seed(config.seed)
     model = build(config.arch, threshold=config.threshold)
     model.shape_input(encode(train_split.images[:1], config.t_max))  # the data must fit the architecture
+    classes = _classes(model)
+    for name, split in (("training", train_split), ("test", test_split)):
+        if len(split) == 0 or int(split.labels.max()) >= classes:
+            raise StdbpError(
+                f"the {name} labels must be classes 0 to {classes - 1} of the network's output layer ({len(split)} images)"
+            )
+    if config.shift >= min(train_split.images.shape[1:]):
+        raise StdbpError(
+            f"--shift {config.shift} must be smaller than the images ({'x'.join(map(str, train_split.images.shape[1:]))})"
+        )
     if context.leader:
         refused = None
         try:
@@ -258,10 +350,18 @@ def train(
     metrics: list[dict] = []
     nonfinite_steps = 0
     if state is not None:
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        _match_optimizer_layout(optimizer)
-        scheduler.load_state_dict(state["scheduler"])
+        try:
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            _match_optimizer_layout(optimizer)
+            scheduler.load_state_dict(state["scheduler"])
+            augment_rng.set_state(state["augment_rng"])
+            torch.set_rng_state(state["torch_rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"{out / 'checkpoint.pt'}: its training state does not fit this run ({first})"
+            ) from None
         if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and scheduler.T_max != total_steps:
             # a run extended with --epochs: the cosine curve is stretched to the new length. The
             # scheduler updates the rate recursively from its last value (0 at the end of a
@@ -270,8 +370,6 @@ def train(
             for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
                 group["lr"] = base_lr * (1 + math.cos(math.pi * state["step"] / total_steps)) / 2
             scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-        augment_rng.set_state(state["augment_rng"])
-        torch.set_rng_state(state["torch_rng"])
         step = state["step"]
         nonfinite_steps = state.get("nonfinite_steps", 0)
         metrics = [row for row in state.get("metrics", []) if row["epoch"] * steps_per_epoch <= step]
