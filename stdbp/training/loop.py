@@ -162,6 +162,15 @@ def _training_state(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path} is not a training checkpoint: its {key!r} entry is missing or malformed")
     if state["step"] < 0:
         raise CheckpointError(f"{path}: its step is {state['step']}")
+    metrics, running, nonfinite = state.get("metrics", []), state.get("running", {}), state.get("nonfinite_steps", 0)
+    if not (
+        isinstance(metrics, list)
+        and all(isinstance(row, dict) and type(row.get("epoch")) is int for row in metrics)
+        and isinstance(running, dict)
+        and all(k in ("loss_sum", "correct", "seen") and type(v) in (int, float) for k, v in running.items())
+        and type(nonfinite) is int
+    ):
+        raise CheckpointError(f"{path} is not a training checkpoint: its metrics or running sums are malformed")
     return state
 
 
