@@ -263,11 +263,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks (from a value a user typed or a file held) escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the command's one-line errors: ``stdbp: error: ...`` and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"stdbp: error: {message} (see '{self.prog} --help')\n")
+        self.exit(EXIT_USAGE, f"stdbp: error: {one_line(message)} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except StdbpError as exc:
-        print(f"stdbp: error: {exc}", file=sys.stderr)
+        print(f"stdbp: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("stdbp: interrupted", file=sys.stderr)
