@@ -42,7 +42,7 @@ def _config_file(path: str) -> dict:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .training.loop import TrainConfig
+    from .training.config import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser(
