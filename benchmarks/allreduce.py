@@ -37,7 +37,9 @@ def main() -> None:
             dist.all_reduce(buffer)
             times.append(1000 * (time.perf_counter() - start))
         if dist.get_rank() == 0:
-            print(f"{arch}: {values} float32 values, {4 * values / 2**20:.2f} MiB, all_reduce median {statistics.median(times):.2f} ms over {dist.get_world_size()} processes")
+            print(
+                f"{arch}: {values} float32 values, {4 * values / 2**20:.2f} MiB, all_reduce median {statistics.median(times):.2f} ms over {dist.get_world_size()} processes"
+            )
     dist.destroy_process_group()
 
 

@@ -9,6 +9,7 @@ import logging
 from . import functional
 from .encoding import latency_encode
 from .errors import StdbpError
+from .interop import export_nir, import_nir
 from .nn import EarliestSpikePool2d, SpikingConv2d, SpikingLinear, SpikingNetwork, build, parse_arch
 from .version import __version__
 
@@ -22,6 +23,8 @@ __all__ = [
     "SpikingConv2d",
     "EarliestSpikePool2d",
     "StdbpError",
+    "export_nir",
+    "import_nir",
     "__version__",
 ]
 

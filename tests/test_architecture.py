@@ -18,7 +18,7 @@ LAYERS = [
     ("stdbp.functional", "stdbp.encoding", "stdbp.alpha_psp"),
     ("stdbp.nn",),
     ("stdbp.checkpoint", "stdbp.training.data", "stdbp.training.augment"),
-    ("stdbp.training", "stdbp.sim"),
+    ("stdbp.training", "stdbp.sim", "stdbp.interop"),
     ("stdbp.paper", "stdbp.bench"),
     ("stdbp.cli", "stdbp.__main__"),
 ]

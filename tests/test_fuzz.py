@@ -10,6 +10,7 @@ CI runs a few dozen cases per test; the long run sets ``STDBP_FUZZ_EXAMPLES`` (d
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import io
@@ -493,3 +494,85 @@ def test_labels_beyond_the_output_layer_are_refused(
     (data / "train-labels-idx1-ubyte").write_bytes(_idx(labels))
     argv = ["train", "--arch", TINY_ARCH, "--data-dir", str(data), "--out", str(tmp_path / "r"), "--no-progress"]
     assert _cli(argv, capsys) == 2
+
+
+# --- NIR graphs (stdbp import) ------------------------------------------------------------------
+
+NIR_VALUES = st.one_of(
+    VALUES,
+    st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -1.0, 1e300]).map(lambda v: np.array(v)),
+    st.tuples(st.integers(0, 4), st.integers(0, 4)).map(lambda shape: np.full(shape, 0.5)),
+    st.lists(st.floats(), min_size=1, max_size=4).map(np.array),
+)
+
+
+@st.composite
+def nir_graphs(draw: st.DrawFn) -> object:
+    """An exported graph with a few of its nodes' fields, nodes or edges changed."""
+    import dataclasses
+
+    from stdbp import export_nir
+
+    torch.manual_seed(0)
+    graph = export_nir(build(draw(st.sampled_from([TINY_ARCH, "6x6-2C3-P2-4-3"]))))
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["field", "field", "drop-node", "drop-edge", "add-edge", "swap-node"]))
+        names = sorted(graph.nodes)
+        name = draw(st.sampled_from(names))
+        node = graph.nodes[name]
+        if kind == "field" and dataclasses.is_dataclass(node):
+            fields = [f.name for f in dataclasses.fields(node)]
+            if fields:
+                with contextlib.suppress(AttributeError, TypeError, dataclasses.FrozenInstanceError):
+                    setattr(node, draw(st.sampled_from(fields)), draw(NIR_VALUES))
+        elif kind == "drop-node":
+            del graph.nodes[name]
+        elif kind == "drop-edge" and graph.edges:
+            graph.edges.pop(draw(st.integers(0, len(graph.edges) - 1)))
+        elif kind == "add-edge":
+            graph.edges.append((name, draw(st.sampled_from(names))))
+        elif kind == "swap-node":
+            graph.nodes[name] = graph.nodes[draw(st.sampled_from(names))]
+    return graph
+
+
+@FUZZ
+@given(graph=nir_graphs())
+def test_nir_graphs(graph: object) -> None:
+    pytest.importorskip("nir")
+    from stdbp import import_nir
+
+    try:
+        model = import_nir(graph)
+    except StdbpError:
+        return
+    for tensor in model.state_dict().values():
+        assert tensor.is_floating_point() and bool(torch.isfinite(tensor).all())
+
+
+@FUZZ
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.one_of(st.none(), st.integers(0, 10**6)),
+)
+def test_nir_files(tmp_path: Path, flips: list, cut: int | None) -> None:
+    pytest.importorskip("nir")
+    from stdbp import export_nir, import_nir
+    from stdbp.interop.nir import write_nir
+
+    path = tmp_path / "g.nir"
+    if not path.exists():
+        torch.manual_seed(0)
+        write_nir(export_nir(build(TINY_ARCH)), tmp_path / "pristine.nir")
+    data = bytearray((tmp_path / "pristine.nir").read_bytes())
+    for where, value in flips:
+        data[where % len(data)] = value
+    if cut is not None:
+        del data[cut % (len(data) + 1) :]
+    path.write_bytes(bytes(data))
+    try:
+        model = import_nir(path)
+    except StdbpError:
+        return
+    for tensor in model.state_dict().values():
+        assert tensor.is_floating_point() and bool(torch.isfinite(tensor).all())

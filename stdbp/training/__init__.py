@@ -1,7 +1,7 @@
 """Training: the data, augmentation, one training step without autograd, and the loop."""
 
-from .data import Split, load_dataset
 from .config import TrainConfig
+from .data import Split, load_dataset
 from .loop import evaluate, train
 from .step import loss_and_backward
 
