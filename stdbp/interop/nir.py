@@ -213,10 +213,39 @@ def read_nir(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise StdbpError(f"no NIR graph at {path}; give the path of a .nir file (e.g. written by 'stdbp export')")
     try:
+        _check_hdf5(path)
         return nir.read(path)
+    except StdbpError:
+        raise
     except Exception as exc:  # noqa: BLE001 - h5py, NIR's asserts and constructors raise many types
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
         raise StdbpError(f"{path} is not a readable NIR graph ({type(exc).__name__}: {detail})") from None
+
+
+#: The datasets of a graph file may hold at most this multiple of the file's size: more is a
+#: corrupted or crafted header, whose reading can take unbounded time and memory.
+_MAX_EXPANSION = 4
+
+
+def _check_hdf5(path: Path) -> None:
+    """Refuse, before reading any data, an HDF5 file whose datasets declare more data than the
+    file can hold (``nir.write`` compresses only small entries)."""
+    import h5py
+
+    limit = _MAX_EXPANSION * path.stat().st_size + 2**16
+    declared = 0
+
+    def visit(name: str, item: Any) -> None:
+        nonlocal declared
+        if isinstance(item, h5py.Dataset):
+            declared += int(item.size) * int(item.dtype.itemsize)
+            if declared > limit:
+                raise StdbpError(
+                    f"{path}: its datasets declare more than {limit} bytes in a {path.stat().st_size}-byte file; refused"
+                )
+
+    with h5py.File(path, "r") as handle:
+        handle.visititems(visit)
 
 
 def write_nir(graph: Any, path: str | os.PathLike) -> None:

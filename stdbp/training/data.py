@@ -102,14 +102,16 @@ def _open_bytes(path: Path) -> bytes:
     return raw
 
 
-#: A gzip file may expand to at most this many times its size: the MNIST and Fashion-MNIST files
-#: expand 2-5 times; far more is a crafted file meant to exhaust memory.
+#: A gzip file may expand to at most this many times its size, or 64 MiB if that is more: the
+#: MNIST and Fashion-MNIST files expand 2-5 times (small files of blank images far more, hence
+#: the floor); beyond is a crafted file meant to exhaust memory.
 _MAX_GZIP_RATIO = 20
+_MIN_GZIP_LIMIT = 64 * 2**20
 
 
 def _gunzip(raw: bytes, path: Path) -> bytes:
     """``raw`` decompressed (every gzip member, checksums checked), never past the expansion limit."""
-    limit = _MAX_GZIP_RATIO * len(raw) + 4096
+    limit = max(_MAX_GZIP_RATIO * len(raw), _MIN_GZIP_LIMIT)
     parts: list[bytes] = []
     size = 0
     rest = raw
