@@ -555,10 +555,13 @@ def test_nir_graphs(graph: object) -> None:
     flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6),
     cut=st.one_of(st.none(), st.integers(0, 10**6)),
 )
-def test_nir_files(tmp_path: Path, flips: list, cut: int | None) -> None:
+def test_nir_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flips: list, cut: int | None) -> None:
     pytest.importorskip("nir")
+    import stdbp.interop.nir as interop
     from stdbp import export_nir, import_nir
     from stdbp.interop.nir import write_nir
+
+    monkeypatch.setattr(interop, "READ_TIMEOUT", 5.0)  # a file that hangs h5py is refused after 5 s
 
     path = tmp_path / "g.nir"
     if not path.exists():

@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -214,12 +216,30 @@ def read_nir(path: str | os.PathLike) -> Any:
         raise StdbpError(f"no NIR graph at {path}; give the path of a .nir file (e.g. written by 'stdbp export')")
     try:
         _check_hdf5(path)
+        _probe_read(path)
         return nir.read(path)
     except StdbpError:
         raise
     except Exception as exc:  # noqa: BLE001 - h5py, NIR's asserts and constructors raise many types
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
         raise StdbpError(f"{path} is not a readable NIR graph ({type(exc).__name__}: {detail})") from None
+
+
+#: Seconds a graph file may take to read in a separate process before it is refused.
+READ_TIMEOUT = float(os.environ.get("STDBP_NIR_READ_TIMEOUT", "30"))
+
+
+def _probe_read(path: Path) -> None:
+    """Read ``path`` once in a child process with a time limit: some corrupted HDF5 files make
+    h5py loop for ever, and a thread cannot be stopped. A child that fails is left to the
+    in-process read, which reports the error."""
+    code = "import sys, nir; nir.read(sys.argv[1])"
+    try:
+        subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, timeout=READ_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise StdbpError(
+            f"{path}: reading it did not finish within {READ_TIMEOUT:.0f} s; it is corrupt, refused"
+        ) from None
 
 
 #: The datasets of a graph file may hold at most this multiple of the file's size: more is a
