@@ -66,6 +66,7 @@ class RelpspLinearNumba(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t_in: Tensor, weight: Tensor, threshold: float, method: str = "auto") -> Tensor:
+        _check_method(method)
         import numba
 
         from . import numba_linear
@@ -87,7 +88,6 @@ class RelpspLinearNumba(torch.autograd.Function):
             t_np, sort_keys(t_np), w_t, thr, t_out, anchor, inv_slope, n_causal, order, times, n_spikes, n_chunks
         )
         raise_if_invalid(bad, t_in)
-        _check_method(method)
         ctx.scan = LinearScan(t_np, times, w_t, anchor, inv_slope, n_causal, order, n_spikes)
         ctx.method = method
         return torch.from_numpy(t_out)
@@ -217,6 +217,7 @@ class RelpspStackNumba(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t_in: Tensor, thresholds: Sequence[float], method: str, *weights: Tensor) -> Tensor:
+        _check_method(method)
         from . import numba_stack
 
         t_np = t_in.detach().contiguous().numpy()
@@ -249,7 +250,6 @@ class RelpspStackNumba(torch.autograd.Function):
             first_fire,
         )
         raise_if_invalid(bad, t_in)
-        _check_method(method)
         ctx.scan = StackScan(
             [*t[:-1]], w_ts, widths, [*anchor], [*inv_slope], [*n_causal], [*order], [*times], n_spikes, first_fire
         )
