@@ -1,14 +1,18 @@
 """Print the README's results table from the run directories under results/.
 
-Usage: python experiments/summarize.py results/table1 [more result dirs...]
+Usage: python experiments/summarize.py results/table1 [more result dirs...] [--frontier] [--plot PNG]
 
 Each run directory holds config.json and metrics.jsonl written by `stdbp train`; runs are
 grouped by (dataset, arch) and summarised over seeds: final test accuracy (mean, sample std,
 min-max), epochs, total training wall time and seconds per epoch (both as logged, eval included).
+``--frontier`` lists every run instead, finished or not, with its network's size (weights, dense
+multiply-accumulates per image), last and best test accuracy and train accuracy: accuracy against
+network size and epochs. ``--plot`` draws each run's test accuracy per epoch.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -28,6 +32,9 @@ RECIPE = {
     "rotate": 0.0,
     "scale": 0.0,
 }
+
+#: issue 19's targets, test accuracy in %
+TARGETS = {"mnist": 99.5, "fashion-mnist": 93.0}
 
 
 def recipe_flags(config: dict) -> str:
@@ -73,8 +80,103 @@ def command(config: dict, run_dir: Path) -> str:
     return cmd
 
 
+def network_size(arch: str) -> tuple[int, int]:
+    """Trainable weights and dense multiply-accumulates per image of a network in the paper's notation."""
+    from stdbp.nn import build
+    from stdbp.paper.analysis import dense_macs
+    from stdbp.sim.events import event_network
+
+    net = build(arch)
+    weights = sum(int(layer.weight.numel()) for layer in net.layers if hasattr(layer, "weight"))
+    return weights, sum(dense_macs(event_network(net)))
+
+
+def load_all_runs(roots: list[Path]) -> list[dict]:
+    """Every run directory under the roots, finished or not, with its per-epoch rows."""
+    runs = []
+    for root in roots:
+        for metrics in sorted(root.glob("*/metrics.jsonl")):
+            config = json.loads((metrics.parent / "config.json").read_text())
+            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            if rows:
+                runs.append({"config": config, "rows": rows, "dir": metrics.parent})
+    return runs
+
+
+def print_frontier(runs: list[dict]) -> None:
+    """One row per run: size, epochs done, final and best test accuracy, train accuracy, time per epoch."""
+    print(
+        "| dataset | network | weights | dense MACs/image | recipe | seed | epochs | test % (last) | "
+        "best test % (epoch) | train % (last) | s/epoch |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    sizes: dict[str, tuple[int, int]] = {}
+
+    def order(run: dict) -> tuple[str, int, str]:  # by dataset, then network size
+        return run["config"]["dataset"], network_size_cached(run["config"]["arch"], sizes)[1], run["dir"].name
+
+    for run in sorted(runs, key=order):
+        config, rows = run["config"], run["rows"]
+        weights, macs = network_size_cached(config["arch"], sizes)
+        best = max(rows, key=lambda r: r["test_accuracy"])
+        done = f"{rows[-1]['epoch']}" + ("" if rows[-1]["epoch"] == config["epochs"] else f" of {config['epochs']}")
+        print(
+            f"| {config['dataset']} | {config['arch']} | {weights / 1e6:.2f} M | {macs / 1e6:.2f} M | "
+            f"{recipe_flags(config) or 'defaults'} | {config['seed']} | {done} | {100 * rows[-1]['test_accuracy']:.2f} | "
+            f"{100 * best['test_accuracy']:.2f} ({best['epoch']}) | {100 * rows[-1]['train_accuracy']:.2f} | "
+            f"{statistics.median(r['seconds'] for r in rows):.0f} |"
+        )
+
+
+def network_size_cached(arch: str, cache: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    if arch not in cache:
+        cache[arch] = network_size(arch)
+    return cache[arch]
+
+
+def plot_curves(runs: list[dict], path: Path, targets: dict[str, float]) -> None:
+    """Test accuracy per epoch of every run, one panel per dataset, with the target as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({run["config"]["dataset"] for run in runs})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for run in sorted((r for r in runs if r["config"]["dataset"] == dataset), key=lambda r: r["dir"].name):
+            config, rows = run["config"], run["rows"]
+            label = f"{config['arch']} {recipe_flags(config)} seed {config['seed']}, {config['epochs']} epochs"
+            ax.plot([r["epoch"] for r in rows], [100 * r["test_accuracy"] for r in rows], label=label, lw=1.2)
+        if dataset in targets:
+            ax.axhline(targets[dataset], color="k", ls="--", lw=0.8, label=f"target {targets[dataset]:g} %")
+        finals = [100 * run["rows"][-1]["test_accuracy"] for run in runs if run["config"]["dataset"] == dataset]
+        top = max(finals + [targets.get(dataset, 0.0)])
+        ax.set_ylim(min(finals) - 1.0, top + 0.3)
+        ax.set_title(dataset)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
-    roots = [Path(a) for a in argv] or [Path("results/table1")]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("roots", nargs="*", type=Path, help="directories of run directories (default results/table1)")
+    parser.add_argument("--frontier", action="store_true", help="one row per run, finished or not, with its size")
+    parser.add_argument("--plot", type=Path, help="also write test accuracy per epoch of every run to this image")
+    args = parser.parse_args(argv)
+    roots = args.roots or [Path("results/table1")]
+    if args.frontier or args.plot:
+        runs = load_all_runs(roots)
+        if args.frontier:
+            print_frontier(runs)
+        if args.plot:
+            plot_curves(runs, args.plot, TARGETS)
+        return 0
     print(
         "| dataset | network | seeds | test accuracy % (mean ± std) | min-max % | epochs | wall time per run | s/epoch | non-finite steps | command |"
     )

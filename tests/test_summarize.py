@@ -1,0 +1,65 @@
+"""experiments/summarize.py: the README's results table and the frontier, from run directories."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "summarize.py"
+
+
+@pytest.fixture(scope="module")
+def summarize():
+    spec = importlib.util.spec_from_file_location("summarize", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(root: Path, name: str, arch: str, seed: int, epochs: int, accs: list[float], **recipe) -> None:
+    run = root / name
+    run.mkdir(parents=True)
+    config = {"arch": arch, "dataset": "mnist", "epochs": epochs, "seed": seed, **recipe}
+    (run / "config.json").write_text(json.dumps(config))
+    rows = [
+        {"epoch": e + 1, "test_accuracy": a, "train_accuracy": a - 0.01, "seconds": 10.0 + e, "nonfinite_steps": 0}
+        for e, a in enumerate(accs)
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_table_groups_finished_runs_by_recipe(summarize, tmp_path, capsys) -> None:
+    _run(tmp_path, "a0", "784-20-10", 0, 2, [0.90, 0.92], rotate=10.0)
+    _run(tmp_path, "a1", "784-20-10", 1, 2, [0.91, 0.96], rotate=10.0)
+    _run(tmp_path, "b0", "784-20-10", 0, 2, [0.90, 0.80])  # another recipe: its own row
+    _run(tmp_path, "c0", "784-20-10", 2, 3, [0.5])  # unfinished: left out
+    assert summarize.main([str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mnist")]
+    assert len(rows) == 2
+    grouped = next(r for r in rows if "--rotate 10" in r)
+    assert "| 0,1 | 94.00 ± 2.83 | 92.00-96.00 | 2 |" in grouped
+    assert "--seed S" in grouped
+
+
+def test_frontier_lists_every_run_with_size_and_best_epoch(summarize, tmp_path, capsys) -> None:
+    _run(tmp_path, "fc", "784-20-10", 0, 3, [0.90, 0.95, 0.94])
+    _run(tmp_path, "conv", "28x28-2C5-P2-10", 1, 4, [0.8, 0.85])  # epoch 2 of 4
+    assert summarize.main([str(tmp_path), "--frontier"]) == 0
+    out = capsys.readouterr().out
+    fc = next(line for line in out.splitlines() if "784-20-10" in line)
+    # 784*20 + 20*10 weights, and as many dense multiply-accumulates
+    assert "| 0.02 M | 0.02 M | defaults | 0 | 3 | 94.00 | 95.00 (2) | 93.00 |" in fc
+    conv = next(line for line in out.splitlines() if "2C5" in line)
+    assert "| 2 of 4 | 85.00 | 85.00 (2) |" in conv
+    assert summarize.network_size("28x28-2C5-P2-10") == (2 * 25 + 2 * 12 * 12 * 10, 2 * 25 * 24 * 24 + 288 * 10)
+
+
+def test_plot_writes_an_image(summarize, tmp_path) -> None:
+    _run(tmp_path / "runs", "fc", "784-20-10", 0, 2, [0.90, 0.95])
+    out = tmp_path / "curves.png"
+    assert summarize.main([str(tmp_path / "runs"), "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
