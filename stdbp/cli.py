@@ -66,6 +66,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--scale", type=float, help=f"random scaling by a factor in [1-S, 1+S] (default {d.scale})")
     g.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     g.add_argument("--train-limit", type=int, help="train on the first N training images only")
+    g.add_argument(
+        "--skip-grad-norm",
+        type=float,
+        metavar="NORM",
+        help="skip a step whose gradient norm exceeds NORM, as a step with a NaN or inf is skipped (default: never)",
+    )
     g = p.add_argument_group("run directory")
     g.add_argument(
         "--out", help="run directory (default runs/DATASET-ARCH-seedSEED, or -2, -3, ... after it if that holds a run)"

@@ -312,6 +312,7 @@ FIELDS = [
     "train_limit",
     "eval_batch_size",
     "checkpoint_every",
+    "skip_grad_norm",
 ]
 JSON_VALUES = st.one_of(
     st.none(),
@@ -363,6 +364,7 @@ TRAIN_FLAGS = [
     "--seed",
     "--train-limit",
     "--checkpoint-every",
+    "--skip-grad-norm",
     "--arch",
     "--schedule",
     "--dataset",

@@ -33,6 +33,7 @@ class TrainConfig:
     train_limit: int | None = None  # train on the first N images only (quick runs)
     eval_batch_size: int = 1000
     checkpoint_every: int = 200  # steps between periodic checkpoints
+    skip_grad_norm: float | None = None  # skip (do not apply) a step whose gradient norm exceeds this
 
     def validate(self) -> None:
         """Raise :class:`StdbpError` for a value of the wrong type or out of range (flags,
@@ -63,6 +64,7 @@ class TrainConfig:
             (self.train_limit is None or self.train_limit >= 1, "--train-limit must be at least 1"),
             (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
+            (self.skip_grad_norm is None or self.skip_grad_norm > 0, "--skip-grad-norm must be a positive number"),
             (self.schedule in ("cosine", "constant"), "--schedule must be 'cosine' or 'constant'"),
         ]
         for ok, message in checks:
@@ -90,6 +92,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "train_limit": (int, type(None)),
     "eval_batch_size": (int,),
     "checkpoint_every": (int,),
+    "skip_grad_norm": (int, float, type(None)),
 }
 _KIND_NAMES = {
     (str,): "a string",
@@ -97,4 +100,5 @@ _KIND_NAMES = {
     (int,): "an integer",
     (int, type(None)): "an integer",
     (int, float): "a number",
+    (int, float, type(None)): "a number",
 }

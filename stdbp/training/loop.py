@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.utils import get_total_norm
 from tqdm import tqdm
 
 from .. import functional as F
@@ -73,13 +74,15 @@ def _training_state(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path} is not a training checkpoint: its {key!r} entry is missing or malformed")
     if state["step"] < 0:
         raise CheckpointError(f"{path}: its step is {state['step']}")
-    metrics, running, nonfinite = state.get("metrics", []), state.get("running", {}), state.get("nonfinite_steps", 0)
+    metrics, running = state.get("metrics", []), state.get("running", {})
+    nonfinite, skipped = state.get("nonfinite_steps", 0), state.get("skipped_steps", 0)
     if not (
         isinstance(metrics, list)
         and all(isinstance(row, dict) and type(row.get("epoch")) is int for row in metrics)
         and isinstance(running, dict)
         and all(k in ("loss_sum", "correct", "seen") and type(v) in (int, float) for k, v in running.items())
         and type(nonfinite) is int
+        and type(skipped) is int
     ):
         raise CheckpointError(f"{path} is not a training checkpoint: its metrics or running sums are malformed")
     return state
@@ -268,7 +271,7 @@ def train(
     augment_rng = torch.Generator().manual_seed(config.seed + 1)
     step = 0
     metrics: list[dict] = []
-    nonfinite_steps = 0
+    nonfinite_steps = skipped_steps = 0
     if state is not None:
         try:
             model.load_state_dict(state["state_dict"])
@@ -292,6 +295,7 @@ def train(
             scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
         step = state["step"]
         nonfinite_steps = state.get("nonfinite_steps", 0)
+        skipped_steps = state.get("skipped_steps", 0)
         metrics = [row for row in state.get("metrics", []) if row["epoch"] * steps_per_epoch <= step]
         echo(f"resuming {out} at epoch {step // steps_per_epoch + 1}, step {step}")
 
@@ -313,6 +317,7 @@ def train(
             step=step,
             epoch=step // steps_per_epoch,
             nonfinite_steps=nonfinite_steps,
+            skipped_steps=skipped_steps,
             metrics=metrics,
             running=running,
         )
@@ -379,10 +384,20 @@ def train(
                     loss_value, seen = loss_sum / total, total
                     if stopping and stop.signal is None:
                         stop.signal = signal.SIGTERM  # another rank was told to stop
-                if math.isfinite(loss_value) and all_finite(p.grad for p in model.parameters() if p.grad is not None):
-                    optimizer.step()
-                else:
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                if not (math.isfinite(loss_value) and all_finite(grads)):
                     nonfinite_steps += 1
+                elif (
+                    config.skip_grad_norm is not None and (norm := float(get_total_norm(grads))) > config.skip_grad_norm
+                ):
+                    skipped_steps += 1  # Adam's second moment would carry this one step's size for thousands of steps
+                    note = f"step {step + 1}: gradient norm {norm:.3g} > --skip-grad-norm {config.skip_grad_norm:g} (loss {loss_value:.3g}), skipped"
+                    if progress:
+                        bar.write(note)
+                    else:
+                        echo(note)
+                else:
+                    optimizer.step()
                 scheduler.step()
                 step += 1
                 running["loss_sum"] += loss_value * seen
@@ -413,6 +428,7 @@ def train(
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": seconds,
                 "nonfinite_steps": nonfinite_steps,
+                "skipped_steps": skipped_steps,
             }
             metrics.append(last)
             if context.leader:
