@@ -31,6 +31,7 @@ RECIPE = {
     "shift": 1,
     "rotate": 0.0,
     "scale": 0.0,
+    "skip_grad_norm": None,
 }
 
 #: issue 19's targets, test accuracy in %
