@@ -1,6 +1,6 @@
 """Where the time of whole stdbp training steps goes: kernels, loss, Adam and the rest (the README's "Speed").
 
-Usage: python benchmarks/step_breakdown.py [--arch 784-800-10] [--batch-size 64] [--steps 200]
+Usage: python benchmarks/step_breakdown.py [--arch 784-800-10] [--batch-size 64] [--steps 200] [--per-kernel]
 
 Runs ``--steps`` training steps of a freshly initialised network on real MNIST batches (as
 ``stdbp bench`` does: ``stdbp.training.step.loss_and_backward``, then fused Adam) and, interleaved, of the
@@ -53,16 +53,20 @@ KERNELS = {
 }
 
 
-def instrument(spent: dict[str, float]) -> None:
-    """Wrap every kernel entry point so that its wall time is added to ``spent[kind]``."""
+def instrument(spent: dict[str, float], calls: dict[str, float]) -> None:
+    """Wrap every kernel entry point so that its wall time is added to ``spent[kind]`` and to
+    ``calls["name shape"]`` (the shape of its first argument tells the layers apart)."""
     for kind, entries in KERNELS.items():
         for module, name in entries:
             original = getattr(module, name)
 
-            def timed(*args, _original: Callable = original, _kind: str = kind, **kwargs):
+            def timed(*args, _original: Callable = original, _kind: str = kind, _name: str = name, **kwargs):
                 start = time.perf_counter()
                 result = _original(*args, **kwargs)
-                spent[_kind] += time.perf_counter() - start
+                seconds = time.perf_counter() - start
+                spent[_kind] += seconds
+                shape = "x".join(map(str, getattr(args[0], "shape", ()))) if args else ""
+                calls[f"{_name} {shape}"] += seconds
                 return result
 
             setattr(module, name, timed)
@@ -73,6 +77,7 @@ def main() -> None:
     parser.add_argument("--arch", default="784-800-10")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--per-kernel", action="store_true", help="also each kernel call's median per step")
     args = parser.parse_args()
 
     batches = mnist_batches(args.batch_size, 8)
@@ -87,12 +92,15 @@ def main() -> None:
     adam = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     relu_adam = torch.optim.Adam(relu.parameters(), lr=1e-3, fused=True)
     spent: dict[str, float] = defaultdict(float)
+    calls: dict[str, float] = defaultdict(float)
     rows: dict[str, list[float]] = defaultdict(list)
-    instrument(spent)
+    per_kernel: dict[str, list[float]] = defaultdict(list)
+    instrument(spent, calls)
 
     def stdbp_step(i: int) -> None:
         t_in, labels = coded[i % len(coded)]
         spent.clear()
+        calls.clear()
         start = time.perf_counter()
         adam.zero_grad(set_to_none=True)
         loss_and_backward(model, t_in, labels, tau=0.05)
@@ -104,6 +112,8 @@ def main() -> None:
         rows["backward kernels"].append(spent["backward"])
         rows["Adam"].append(end - adam_start)
         rows["the rest"].append((end - start) - spent["forward"] - spent["backward"] - (end - adam_start))
+        for call, seconds in calls.items():
+            per_kernel[call].append(seconds)
 
     def relu_step(i: int) -> None:
         x, labels = floats[i % len(floats)]
@@ -118,6 +128,7 @@ def main() -> None:
         stdbp_step(i)
         relu_step(i)
     rows.clear()
+    per_kernel.clear()
     for i in range(args.steps):
         stdbp_step(i)
         relu_step(i)
@@ -132,6 +143,10 @@ def main() -> None:
         + statistics.median(rows["Adam"])
     )
     print(f"  kernels + Adam     {1000 * floor:7.2f}  ({floor / statistics.median(rows['ReLU step']):.2f} ReLU steps)")
+    if args.per_kernel:
+        print("  per kernel call (name, shape of its first argument):")
+        for call, values in sorted(per_kernel.items(), key=lambda item: -statistics.median(item[1])):
+            print(f"    {1000 * statistics.median(values):7.2f}  {call}")
 
 
 if __name__ == "__main__":
