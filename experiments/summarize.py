@@ -13,6 +13,7 @@ network size and epochs. ``--plot`` draws each run's test accuracy per epoch.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -51,16 +52,12 @@ def recipe_flags(config: dict) -> str:
 
 
 def load_runs(roots: list[Path]) -> dict[tuple[str, str, int, str], list[dict]]:
+    """The finished runs, grouped by dataset, network, epochs and recipe."""
     groups: dict[tuple[str, str, int, str], list[dict]] = defaultdict(list)
-    for root in roots:
-        for metrics in sorted(root.glob("*/metrics.jsonl")):
-            config = json.loads((metrics.parent / "config.json").read_text())
-            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            if not rows or rows[-1]["epoch"] != config["epochs"]:
-                continue  # unfinished
-            groups[(config["dataset"], config["arch"], config["epochs"], recipe_flags(config))].append(
-                {"config": config, "rows": rows, "dir": metrics.parent}
-            )
+    for run in load_all_runs(roots):
+        config = run["config"]
+        if run["rows"][-1]["epoch"] == config["epochs"]:
+            groups[(config["dataset"], config["arch"], config["epochs"], recipe_flags(config))].append(run)
     return groups
 
 
@@ -81,6 +78,7 @@ def command(config: dict, run_dir: Path) -> str:
     return cmd
 
 
+@functools.cache
 def network_size(arch: str) -> tuple[int, int]:
     """Trainable weights and dense multiply-accumulates per image of a network in the paper's notation."""
     from stdbp.nn import build
@@ -111,14 +109,13 @@ def print_frontier(runs: list[dict]) -> None:
         "best test % (epoch) | train % (last) | s/epoch |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    sizes: dict[str, tuple[int, int]] = {}
 
     def order(run: dict) -> tuple[str, int, str]:  # by dataset, then network size
-        return run["config"]["dataset"], network_size_cached(run["config"]["arch"], sizes)[1], run["dir"].name
+        return run["config"]["dataset"], network_size(run["config"]["arch"])[1], run["dir"].name
 
     for run in sorted(runs, key=order):
         config, rows = run["config"], run["rows"]
-        weights, macs = network_size_cached(config["arch"], sizes)
+        weights, macs = network_size(config["arch"])
         best = max(rows, key=lambda r: r["test_accuracy"])
         done = f"{rows[-1]['epoch']}" + ("" if rows[-1]["epoch"] == config["epochs"] else f" of {config['epochs']}")
         print(
@@ -127,12 +124,6 @@ def print_frontier(runs: list[dict]) -> None:
             f"{100 * best['test_accuracy']:.2f} ({best['epoch']}) | {100 * rows[-1]['train_accuracy']:.2f} | "
             f"{statistics.median(r['seconds'] for r in rows):.0f} |"
         )
-
-
-def network_size_cached(arch: str, cache: dict[str, tuple[int, int]]) -> tuple[int, int]:
-    if arch not in cache:
-        cache[arch] = network_size(arch)
-    return cache[arch]
 
 
 def plot_curves(runs: list[dict], path: Path, targets: dict[str, float]) -> None:

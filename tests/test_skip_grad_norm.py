@@ -73,7 +73,7 @@ def test_exactly_the_steps_above_the_bound_are_skipped(tmp_path: Path, monkeypat
 
 def test_the_count_survives_resume(tmp_path: Path) -> None:
     run = tmp_path / "r"
-    train(TrainConfig(**{**CONFIG, "epochs": 1}, skip_grad_norm=1e-30), run, progress=False, echo=lambda s: None)
+    train(TrainConfig(**CONFIG, skip_grad_norm=1e-30), run, progress=False, echo=lambda s: None)
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
     assert load_checkpoint(run / "model.pt")["metrics"][-1]["skipped_steps"] == 10
     assert load_model(run / "model.pt").arch == CONFIG["arch"]
