@@ -4,6 +4,7 @@
 # results/beyond/; a run that was stopped (SIGTERM saves a checkpoint) continues where it was.
 #
 #   ARCH=28x28-16C5-P2-32C5-P2-800-10 DATASET=mnist SEEDS="1 2" experiments/beyond.sh
+#   EXTRA="" TAG="" ...   (the defaults of stdbp train: no rotations or zooms)
 #
 # The table: python experiments/summarize.py results/beyond (add --frontier for every run).
 set -euo pipefail
@@ -12,8 +13,8 @@ ARCH=${ARCH:-28x28-16C5-P2-32C5-P2-800-10}
 DATASET=${DATASET:-mnist}
 EPOCHS=${EPOCHS:-40}
 SEEDS=${SEEDS:-0}
-EXTRA=${EXTRA:---rotate 10 --scale 0.1}
-TAG=${TAG:-affine}
+EXTRA=${EXTRA---rotate 10 --scale 0.1}
+TAG=${TAG-affine}
 export NUMBA_NUM_THREADS=${NUMBA_NUM_THREADS:-1} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 for seed in $SEEDS; do
   out=results/beyond/$DATASET-$ARCH-e$EPOCHS${TAG:+-$TAG}-seed$seed
