@@ -32,6 +32,8 @@ RECIPE = {
     "shift": 1,
     "rotate": 0.0,
     "scale": 0.0,
+    "elastic": 0.0,
+    "elastic_sigma": 6.0,
     "skip_grad_norm": None,
 }
 

@@ -64,6 +64,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--shift", type=int, help=f"random image shifts of up to this many pixels (default {d.shift})")
     g.add_argument("--rotate", type=float, help=f"random rotations of up to this many degrees (default {d.rotate})")
     g.add_argument("--scale", type=float, help=f"random scaling by a factor in [1-S, 1+S] (default {d.scale})")
+    g.add_argument(
+        "--elastic",
+        type=float,
+        metavar="ALPHA",
+        help=f"random elastic distortions of strength ALPHA pixels (Simard et al. 2003; try 34; default {d.elastic})",
+    )
+    g.add_argument(
+        "--elastic-sigma",
+        type=float,
+        metavar="SIGMA",
+        help=f"smoothness of the elastic distortions in pixels (default {d.elastic_sigma})",
+    )
     g.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     g.add_argument("--train-limit", type=int, help="train on the first N training images only")
     g.add_argument(

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stdbp.training.augment import affine_transform, jitter_times, random_affine, random_shift
+from stdbp.training.augment import affine_transform, elastic_displacement, jitter_times, random_affine, random_shift
 
 
 def test_affine_quarter_turn_is_rot90_counter_clockwise():
@@ -72,3 +72,52 @@ def test_affine_keeps_uint8_pixels():
     assert turned.dtype == torch.uint8 and turned.shape == images.shape
     exact = affine_transform(images, torch.full((2,), math.pi / 2), torch.ones(2))
     assert torch.equal(exact, torch.rot90(images, 1, (1, 2)))
+
+
+def test_elastic_field_is_smoothed_uniform_noise_scaled_by_alpha():
+    gen = torch.Generator().manual_seed(0)
+    uniform = torch.rand(64, 2, 28, 28, generator=gen, dtype=torch.float64) * 2 - 1
+    field = elastic_displacement(uniform, 34.0, 4.0)
+    # independent oracle: a dense 2-D Gaussian, zeros beyond the image, applied pixel by pixel at the centre
+    ys, xs = torch.meshgrid(*[torch.arange(28, dtype=torch.float64)] * 2, indexing="ij")
+    weights = torch.exp(-0.5 * ((ys - 14) ** 2 + (xs - 14) ** 2) / 16)
+    radius = 12  # ceil(3 sigma)
+    inside = ((ys - 14).abs() <= radius) & ((xs - 14).abs() <= radius)
+    weights = weights * inside
+    norm = torch.exp(-0.5 * torch.arange(-radius, radius + 1, dtype=torch.float64) ** 2 / 16).sum() ** 2
+    expected = 34.0 * (uniform * weights).sum(dim=(2, 3)) / norm
+    torch.testing.assert_close(field[:, :, 14, 14], expected, rtol=1e-10, atol=1e-12)
+    assert torch.equal(elastic_displacement(uniform, 17.0, 4.0) * 2, field)
+    # smoothing shrinks the field: std 0.577 * alpha / (2 sqrt(pi) sigma) in the interior
+    interior = field[:, :, 12:16, 12:16]
+    assert 0.8 < float(interior.std()) / (0.577 * 34 / (2 * math.sqrt(math.pi) * 4)) < 1.25
+
+
+def test_displacement_moves_sampling_points_by_whole_pixels():
+    images = torch.rand(2, 10, 12)
+    displacement = torch.zeros(2, 2, 10, 12)
+    displacement[:, 0] = 1.0  # each output pixel samples its right-hand neighbour
+    displacement[1, 1] = -2.0  # and, in image 1, two rows up
+    moved = affine_transform(images, torch.zeros(2), torch.ones(2), displacement)
+    torch.testing.assert_close(moved[0, :, :-1], images[0, :, 1:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(moved[1, 2:, :-1], images[1, :-2, 1:], atol=1e-5, rtol=0)
+    assert moved[0, :, -1].abs().max() == 0 and moved[1, :2].abs().max() == 0
+
+
+def test_elastic_keeps_the_affine_draws_and_splits_over_rows():
+    images = torch.rand(6, 28, 28)
+    plain = random_affine(images, 10.0, 0.1, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    distorted = random_affine(images, 10.0, 0.1, gen, elastic=34.0)
+    assert not torch.allclose(plain, distorted, atol=1e-3)
+    # the affine draws are the same: a zero-strength field leaves the affine result
+    zero = random_affine(images, 10.0, 0.1, torch.Generator().manual_seed(5), elastic=1e-300)
+    torch.testing.assert_close(zero, plain, atol=1e-6, rtol=0)
+    # rows (start, total) of a batch split over processes get the whole batch's draws
+    halves = [
+        random_affine(images[s : s + 3], 10.0, 0.1, torch.Generator().manual_seed(5), (s, 6), elastic=34.0)
+        for s in (0, 3)
+    ]
+    assert torch.equal(torch.cat(halves), distorted)
+    only = random_affine(images, 0.0, 0.0, torch.Generator().manual_seed(5), elastic=34.0)
+    assert not torch.allclose(only, images, atol=1e-3)

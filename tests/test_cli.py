@@ -79,6 +79,8 @@ def test_refuses_to_overwrite_a_run(run_dir: Path, capsys: pytest.CaptureFixture
         (["train", "--lr", "-1"], "--lr"),
         (["train", "--rotate", "200"], "--rotate"),
         (["train", "--scale", "1.5"], "--scale"),
+        (["train", "--elastic", "-1"], "--elastic"),
+        (["train", "--elastic-sigma", "0"], "--elastic-sigma"),
         (["train", "--data-dir", "/nonexistent/dir"], "not a directory"),
         (["eval", "/nonexistent/model.pt"], "no checkpoint"),
     ],

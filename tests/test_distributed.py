@@ -75,7 +75,7 @@ def test_every_draw_is_the_same_on_any_number_of_processes(world: int) -> None:
 
     def augment(batch: torch.Tensor, rows: tuple[int, int] | None) -> torch.Tensor:
         rng = torch.Generator().manual_seed(5)
-        batch = random_shift(random_affine(batch, 10.0, 0.1, rng, rows), 2, rng, rows)
+        batch = random_shift(random_affine(batch, 10.0, 0.1, rng, rows, elastic=34.0), 2, rng, rows)
         return jitter_times(encode(batch, 1.0), 0.02, rng, rows)
 
     whole = augment(images, None)

@@ -13,23 +13,30 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["affine_transform", "random_affine", "random_shift", "jitter_times"]
+__all__ = ["affine_transform", "elastic_displacement", "random_affine", "random_shift", "jitter_times"]
 
 
-def affine_transform(images: Tensor, angles: Tensor, scales: Tensor) -> Tensor:
+def affine_transform(images: Tensor, angles: Tensor, scales: Tensor, displacement: Tensor | None = None) -> Tensor:
     """Rotate each image of ``(B, H, W)`` about its centre and scale it, bilinear, zeros outside.
 
     ``angles`` ``(B,)`` are in radians, positive = counter-clockwise as displayed (row 0 at the top);
-    ``scales`` ``(B,)`` > 1 enlarge the content. Integer images (uint8 pixels) come back rounded, same dtype.
+    ``scales`` ``(B,)`` > 1 enlarge the content. ``displacement`` ``(B, 2, H, W)``, in pixels, moves
+    where each output pixel samples its input (``[:, 0]`` along x, ``[:, 1]`` along y) after the
+    affine map: an elastic distortion in the same single interpolation. Integer images (uint8
+    pixels) come back rounded, same dtype.
     """
-    batch = images.shape[0]
+    batch, height, width = images.shape
     dtype = images.dtype if images.is_floating_point() else torch.float32
     cos, sin = torch.cos(angles) / scales, torch.sin(angles) / scales
     # maps output coordinates (x right, y down, in [-1, 1]) to input coordinates
     theta = torch.zeros(batch, 2, 3, dtype=dtype)
     theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
     theta[:, 1, 0], theta[:, 1, 1] = sin, cos
-    grid = torch.nn.functional.affine_grid(theta, [batch, 1, *images.shape[1:]], align_corners=False)
+    grid = torch.nn.functional.affine_grid(theta, [batch, 1, height, width], align_corners=False)
+    if displacement is not None:
+        # one pixel is 2 / size in grid_sample's normalised coordinates (align_corners=False)
+        per_pixel = torch.tensor([2.0 / width, 2.0 / height], dtype=dtype)
+        grid = grid + displacement.to(dtype).permute(0, 2, 3, 1) * per_pixel
     out = torch.nn.functional.grid_sample(
         images.unsqueeze(1).to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False
     )
@@ -42,24 +49,52 @@ def _rows(images: Tensor, rows: tuple[int, int] | None) -> tuple[int, int]:
     return (0, images.shape[0]) if rows is None else rows
 
 
+def elastic_displacement(uniform: Tensor, alpha: float, sigma: float) -> Tensor:
+    """Simard et al.'s elastic distortion field: ``uniform`` ``(B, 2, H, W)`` draws in ``[-1, 1]``,
+    smoothed by a normalised Gaussian of ``sigma`` pixels (zeros beyond the image) and scaled by
+    ``alpha``; returns displacements in pixels, same shape and dtype."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=uniform.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    batch, two, height, width = uniform.shape
+    field = uniform.reshape(batch * two, 1, height, width)
+    field = torch.nn.functional.conv2d(field, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+    field = torch.nn.functional.conv2d(field, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    return alpha * field.reshape(batch, two, height, width)
+
+
 def random_affine(
     images: Tensor,
     max_degrees: float,
     max_scale: float,
     generator: torch.Generator,
     rows: tuple[int, int] | None = None,
+    elastic: float = 0.0,
+    elastic_sigma: float = 6.0,
 ) -> Tensor:
-    """Rotate each image of ``(B, H, W)`` by a uniform angle in ``[-max_degrees, max_degrees]`` and scale it
-    by a uniform factor in ``[1 - max_scale, 1 + max_scale]``; draws nothing when both are 0."""
-    if max_degrees <= 0 and max_scale <= 0:
+    """Rotate each image of ``(B, H, W)`` by a uniform angle in ``[-max_degrees, max_degrees]``, scale it
+    by a uniform factor in ``[1 - max_scale, 1 + max_scale]`` and, if ``elastic > 0``, distort it by
+    :func:`elastic_displacement` of strength ``elastic`` and smoothness ``elastic_sigma`` (pixels),
+    all in one bilinear interpolation. Draws nothing when all three are 0; the angle and scale draws
+    come first and are the same with or without the elastic field.
+    """
+    if max_degrees <= 0 and max_scale <= 0 and elastic <= 0:
         return images
     start, total = _rows(images, rows)
-    draws = torch.rand(2, total, generator=generator, dtype=torch.float64) * 2 - 1
-    draws = draws[:, start : start + images.shape[0]]
+    batch, height, width = images.shape
     dtype = images.dtype if images.is_floating_point() else torch.float32
-    angles = (draws[0] * math.radians(max_degrees)).to(dtype)
-    scales = (1 + draws[1] * max_scale).to(dtype)
-    return affine_transform(images, angles, scales)
+    angles, scales = torch.zeros(batch, dtype=dtype), torch.ones(batch, dtype=dtype)
+    if max_degrees > 0 or max_scale > 0:
+        draws = torch.rand(2, total, generator=generator, dtype=torch.float64) * 2 - 1
+        draws = draws[:, start : start + batch]
+        angles = (draws[0] * math.radians(max_degrees)).to(dtype)
+        scales = (1 + draws[1] * max_scale).to(dtype)
+    displacement = None
+    if elastic > 0:
+        uniform = torch.rand(total, 2, height, width, generator=generator, dtype=torch.float64) * 2 - 1
+        displacement = elastic_displacement(uniform[start : start + batch], elastic, elastic_sigma)
+    return affine_transform(images, angles, scales, displacement)
 
 
 def random_shift(

@@ -29,6 +29,8 @@ class TrainConfig:
     shift: int = 1  # random image shifts of up to this many pixels
     rotate: float = 0.0  # random rotations of up to this many degrees
     scale: float = 0.0  # random scaling by a factor in [1 - scale, 1 + scale]
+    elastic: float = 0.0  # strength (alpha, pixels) of random elastic distortions; 0 = none
+    elastic_sigma: float = 6.0  # smoothness (Gaussian sigma, pixels) of the elastic distortions
     seed: int = 0
     train_limit: int | None = None  # train on the first N images only (quick runs)
     eval_batch_size: int = 1000
@@ -60,6 +62,8 @@ class TrainConfig:
             (0 <= self.shift <= 1000, "--shift must be between 0 and 1000 pixels"),
             (0 <= self.rotate <= 180, "--rotate must be between 0 and 180 degrees"),
             (0 <= self.scale < 1, "--scale must be in [0, 1)"),
+            (0 <= self.elastic <= 1000, "--elastic must be between 0 and 1000 pixels"),
+            (0.1 <= self.elastic_sigma <= 100, "--elastic-sigma must be between 0.1 and 100 pixels"),
             (0 <= self.seed < 2**32, "--seed must be between 0 and 2**32 - 1"),
             (self.train_limit is None or self.train_limit >= 1, "--train-limit must be at least 1"),
             (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
@@ -88,6 +92,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "shift": (int,),
     "rotate": (int, float),
     "scale": (int, float),
+    "elastic": (int, float),
+    "elastic_sigma": (int, float),
     "seed": (int,),
     "train_limit": (int, type(None)),
     "eval_batch_size": (int,),

@@ -358,7 +358,15 @@ def train(
                 if context.distributed:  # this rank's rows of the global batch; draws made for all of it
                     lo, hi = context.rows(len(batch_index))
                     rows, batch_index = (lo, len(batch_index)), batch_index[lo:hi]
-                images = random_affine(train_split.images[batch_index], config.rotate, config.scale, augment_rng, rows)
+                images = random_affine(
+                    train_split.images[batch_index],
+                    config.rotate,
+                    config.scale,
+                    augment_rng,
+                    rows,
+                    config.elastic,
+                    config.elastic_sigma,
+                )
                 images = random_shift(images, config.shift, augment_rng, rows)
                 t_in = jitter_times(encode(images, config.t_max), config.jitter, augment_rng, rows)
                 labels = train_split.labels[batch_index]
