@@ -8,6 +8,7 @@ batch split over processes gets exactly the augmentation it would get in one pro
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -53,15 +54,25 @@ def elastic_displacement(uniform: Tensor, alpha: float, sigma: float) -> Tensor:
     """Simard et al.'s elastic distortion field: ``uniform`` ``(B, 2, H, W)`` draws in ``[-1, 1]``,
     smoothed by a normalised Gaussian of ``sigma`` pixels (zeros beyond the image) and scaled by
     ``alpha``; returns displacements in pixels, same shape and dtype."""
+    batch, two, height, width = uniform.shape
+    rows = uniform.reshape(-1, width) @ _gaussian_matrix(width, sigma, uniform.dtype)  # along x
+    columns = rows.view(-1, height, width).transpose(1, 2).reshape(-1, height) @ _gaussian_matrix(
+        height, sigma, uniform.dtype
+    )
+    return alpha * columns.view(batch, two, width, height).transpose(2, 3)
+
+
+@functools.cache
+def _gaussian_matrix(size: int, sigma: float, dtype: torch.dtype) -> Tensor:
+    """``(size, size)``, symmetric: row ``i`` is the normalised Gaussian of ``sigma`` (cut at 3 sigma) centred
+    on ``i``, zero beyond the image; a product with it is a zero-padded convolution (here 5-10 times faster)."""
     radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=uniform.dtype)
+    offsets = torch.arange(-radius, radius + 1, dtype=dtype)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
-    batch, two, height, width = uniform.shape
-    field = uniform.reshape(batch * two, 1, height, width)
-    field = torch.nn.functional.conv2d(field, kernel.view(1, 1, -1, 1), padding=(radius, 0))
-    field = torch.nn.functional.conv2d(field, kernel.view(1, 1, 1, -1), padding=(0, radius))
-    return alpha * field.reshape(batch, two, height, width)
+    distance = torch.arange(size).view(1, -1) - torch.arange(size).view(-1, 1)
+    inside = distance.abs() <= radius
+    return torch.where(inside, kernel[(distance + radius).clamp(0, 2 * radius)], torch.zeros((), dtype=dtype))
 
 
 def random_affine(
@@ -92,7 +103,7 @@ def random_affine(
         scales = (1 + draws[1] * max_scale).to(dtype)
     displacement = None
     if elastic > 0:
-        uniform = torch.rand(total, 2, height, width, generator=generator, dtype=torch.float64) * 2 - 1
+        uniform = torch.rand(total, 2, height, width, generator=generator, dtype=dtype) * 2 - 1
         displacement = elastic_displacement(uniform[start : start + batch], elastic, elastic_sigma)
     return affine_transform(images, angles, scales, displacement)
 
