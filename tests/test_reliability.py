@@ -19,6 +19,7 @@ from stdbp.checkpoint import load_checkpoint, load_model, save_checkpoint
 from stdbp.nn.network import build
 from stdbp.training.loop import TrainConfig, train
 
+# every augmentation on, so that its generator's state is part of what resumes bitwise.
 # 400 steps: long enough that a kill aimed at a step in the first epoch lands before the end on a fast machine
 ARGS = [
     "--arch",
@@ -33,6 +34,10 @@ ARGS = [
     "3",
     "--checkpoint-every",
     "4",
+    "--rotate",
+    "5",
+    "--elastic",
+    "20",
     "--no-progress",
 ]
 STEPS = 2 * 6400 // 32
