@@ -65,7 +65,7 @@ def elastic_displacement(uniform: Tensor, alpha: float, sigma: float) -> Tensor:
 @functools.cache
 def _gaussian_matrix(size: int, sigma: float, dtype: torch.dtype) -> Tensor:
     """``(size, size)``, symmetric: row ``i`` is the normalised Gaussian of ``sigma`` (cut at 3 sigma) centred
-    on ``i``, zero beyond the image; a product with it is a zero-padded convolution (here 5-10 times faster)."""
+    on ``i``, zero beyond the image, so that a product with it is a zero-padded convolution."""
     radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=dtype)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
