@@ -34,6 +34,7 @@ RECIPE = {
     "scale": 0.0,
     "elastic": 0.0,
     "elastic_sigma": 6.0,
+    "hflip": 0.0,
     "skip_grad_norm": None,
 }
 

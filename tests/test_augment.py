@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from stdbp.training.augment import affine_transform, elastic_displacement, jitter_times, random_affine, random_shift
+from stdbp.training.augment import (
+    affine_transform,
+    elastic_displacement,
+    jitter_times,
+    random_affine,
+    random_hflip,
+    random_shift,
+)
 
 
 def test_affine_quarter_turn_is_rot90_counter_clockwise():
@@ -121,3 +128,23 @@ def test_elastic_keeps_the_affine_draws_and_splits_over_rows():
     assert torch.equal(torch.cat(halves), distorted)
     only = random_affine(images, 0.0, 0.0, torch.Generator().manual_seed(5), elastic=34.0)
     assert not torch.allclose(only, images, atol=1e-3)
+
+
+def test_hflip_mirrors_each_image_or_leaves_it_and_splits_over_rows():
+    images = torch.randint(0, 256, (200, 5, 7), dtype=torch.uint8)
+    flipped = random_hflip(images, 0.5, torch.Generator().manual_seed(3))
+    assert flipped.dtype == torch.uint8
+    mirrored = torch.tensor([torch.equal(f, i.flip(-1)) for f, i in zip(flipped, images)])
+    kept = torch.tensor([torch.equal(f, i) for f, i in zip(flipped, images)])
+    assert bool((mirrored ^ kept).all())  # random images are never symmetric: each is one or the other
+    # the oracle: image k is mirrored exactly when the k-th uniform draw is below p
+    draws = torch.rand(200, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(mirrored, draws < 0.5)
+    assert 70 < int(mirrored.sum()) < 130
+    halves = [random_hflip(images[s : s + 100], 0.5, torch.Generator().manual_seed(3), (s, 200)) for s in (0, 100)]
+    assert torch.equal(torch.cat(halves), flipped)
+    assert torch.equal(random_hflip(images, 1.0, torch.Generator()), images.flip(-1))
+    gen = torch.Generator().manual_seed(3)
+    assert random_hflip(images, 0.0, gen) is images and torch.equal(
+        gen.get_state(), torch.Generator().manual_seed(3).get_state()
+    )

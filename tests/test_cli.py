@@ -81,6 +81,7 @@ def test_refuses_to_overwrite_a_run(run_dir: Path, capsys: pytest.CaptureFixture
         (["train", "--scale", "1.5"], "--scale"),
         (["train", "--elastic", "-1"], "--elastic"),
         (["train", "--elastic-sigma", "0"], "--elastic-sigma"),
+        (["train", "--hflip", "1.5"], "--hflip"),
         (["train", "--data-dir", "/nonexistent/dir"], "not a directory"),
         (["eval", "/nonexistent/model.pt"], "no checkpoint"),
     ],

@@ -38,6 +38,8 @@ ARGS = [
     "5",
     "--elastic",
     "20",
+    "--hflip",
+    "0.5",
     "--no-progress",
 ]
 STEPS = 2 * 6400 // 32

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["affine_transform", "elastic_displacement", "random_affine", "random_shift", "jitter_times"]
+__all__ = ["affine_transform", "elastic_displacement", "random_affine", "random_hflip", "random_shift", "jitter_times"]
 
 
 def affine_transform(images: Tensor, angles: Tensor, scales: Tensor, displacement: Tensor | None = None) -> Tensor:
@@ -106,6 +106,16 @@ def random_affine(
         uniform = torch.rand(total, 2, height, width, generator=generator, dtype=dtype) * 2 - 1
         displacement = elastic_displacement(uniform[start : start + batch], elastic, elastic_sigma)
     return affine_transform(images, angles, scales, displacement)
+
+
+def random_hflip(images: Tensor, p: float, generator: torch.Generator, rows: tuple[int, int] | None = None) -> Tensor:
+    """Mirror each image of ``(B, H, W)`` left to right with probability ``p``. Draws nothing when
+    ``p`` is 0."""
+    if p <= 0:
+        return images
+    start, total = _rows(images, rows)
+    mirrored = torch.rand(total, generator=generator, dtype=torch.float64)[start : start + images.shape[0]] < p
+    return torch.where(mirrored.view(-1, 1, 1), images.flip(-1), images)
 
 
 def random_shift(

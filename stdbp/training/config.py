@@ -31,6 +31,7 @@ class TrainConfig:
     scale: float = 0.0  # random scaling by a factor in [1 - scale, 1 + scale]
     elastic: float = 0.0  # strength (alpha, pixels) of random elastic distortions; 0 = none
     elastic_sigma: float = 6.0  # smoothness (Gaussian sigma, pixels) of the elastic distortions
+    hflip: float = 0.0  # probability of mirroring an image left to right
     seed: int = 0
     train_limit: int | None = None  # train on the first N images only (quick runs)
     eval_batch_size: int = 1000
@@ -64,6 +65,7 @@ class TrainConfig:
             (0 <= self.scale < 1, "--scale must be in [0, 1)"),
             (0 <= self.elastic <= 1000, "--elastic must be between 0 and 1000 pixels"),
             (0.1 <= self.elastic_sigma <= 100, "--elastic-sigma must be between 0.1 and 100 pixels"),
+            (0 <= self.hflip <= 1, "--hflip must be a probability between 0 and 1"),
             (0 <= self.seed < 2**32, "--seed must be between 0 and 2**32 - 1"),
             (self.train_limit is None or self.train_limit >= 1, "--train-limit must be at least 1"),
             (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
@@ -94,6 +96,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "scale": (int, float),
     "elastic": (int, float),
     "elastic_sigma": (int, float),
+    "hflip": (int, float),
     "seed": (int,),
     "train_limit": (int, type(None)),
     "eval_batch_size": (int,),

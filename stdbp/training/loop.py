@@ -31,7 +31,7 @@ from ..encoding import latency_encode
 from ..errors import CheckpointError, RunDirError, StdbpError
 from ..kernels import all_finite, numba_cache_ready
 from ..nn import AlphaSpikingLinear, SpikingLinear, SpikingNetwork, build
-from .augment import jitter_times, random_affine, random_shift
+from .augment import jitter_times, random_affine, random_hflip, random_shift
 from .config import TrainConfig
 from .data import Split, load_dataset
 from .distributed import SINGLE, Context, dist_backend, numba_threads
@@ -358,8 +358,9 @@ def train(
                 if context.distributed:  # this rank's rows of the global batch; draws made for all of it
                     lo, hi = context.rows(len(batch_index))
                     rows, batch_index = (lo, len(batch_index)), batch_index[lo:hi]
+                images = random_hflip(train_split.images[batch_index], config.hflip, augment_rng, rows)
                 images = random_affine(
-                    train_split.images[batch_index],
+                    images,
                     config.rotate,
                     config.scale,
                     augment_rng,
