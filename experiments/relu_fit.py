@@ -62,7 +62,9 @@ def main() -> None:
             "test_accuracy": evaluate(spiking, test)["accuracy"],
         }
         print(json.dumps(row))
-        path = Path(args.out) / f"{args.dataset}-{Path(args.spiking).stem}-spiking.json"
+        model_path = Path(args.spiking)  # a run's model.pt is named by its run directory
+        name = model_path.parent.name if model_path.stem == "model" else model_path.stem
+        path = Path(args.out) / f"{name}-spiking.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(row) + "\n")
         return
@@ -73,7 +75,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed + 1)
     out = Path(args.out) / f"{args.dataset}-{args.arch}-seed{args.seed}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
+    out.write_text("")
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         model.train()
@@ -91,9 +93,9 @@ def main() -> None:
             "test_accuracy": accuracy(model, test.images, test.labels),
             "seconds": time.perf_counter() - start,
         }
-        rows.append(row)
         print(json.dumps(row), flush=True)
-    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        with out.open("a") as file:
+            file.write(json.dumps(row) + "\n")
     print(f"wrote {out}")
 
 
