@@ -80,7 +80,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--hflip",
         type=float,
         metavar="P",
-        help=f"mirror each training image left to right with probability P (try 0.5 on Fashion-MNIST; default {d.hflip})",
+        help=f"mirror each training image left to right with probability P (default {d.hflip})",
     )
     g.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     g.add_argument("--train-limit", type=int, help="train on the first N training images only")
