@@ -1,12 +1,13 @@
 """How well a ReLU network of the same shape fits a dataset: the yardstick for a spiking network's fit.
 
 Usage: python experiments/relu_fit.py [--arch ARCH] [--dataset fashion-mnist] [--epochs 10] [--shift 1]
-       [--seed 0] [--out results/beyond/relu-fit]
+       [--erase 0] [--weight-decay 0] [--seed 0] [--out results/beyond/relu-fit] [--tag TAG]
        python experiments/relu_fit.py --spiking MODEL [--dataset fashion-mnist]
 
 Trains ``stdbp.bench.step_timing.relu_network(ARCH)`` (the same layers, ReLU and max-pooling) on
 pixel intensities in [0, 1], with what `stdbp train` uses by default: Adam 1e-3 with a cosine
-schedule, batch 64, random shifts of up to one pixel, cross-entropy. After each epoch it prints
+schedule, batch 64, random shifts of up to one pixel, cross-entropy; ``--erase P`` adds `stdbp
+train --erase`'s random erasing, ``--weight-decay WD`` its decoupled weight decay (AdamW). After each epoch it prints
 and writes (JSON lines, ``OUT/DATASET-ARCH-seedS.jsonl``) the accuracy on the whole training set
 without augmentation ("clean") and on the test set. One thread; a 10-epoch run of the paper's
 network takes a few minutes. With ``--spiking MODEL`` it prints the same two accuracies of a
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 
 from stdbp.bench.step_timing import relu_network
 from stdbp.checkpoint import load_model
-from stdbp.training.augment import random_shift
+from stdbp.training.augment import random_erase, random_shift
 from stdbp.training.data import load_dataset
 from stdbp.training.loop import evaluate
 
@@ -46,7 +47,10 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--shift", type=int, default=1)
+    parser.add_argument("--erase", type=float, default=0.0, help="random erasing probability")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (AdamW)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="", help="appended to the output file's name")
     parser.add_argument("--out", default="results/beyond/relu-fit")
     parser.add_argument("--spiking", metavar="MODEL", help="measure this trained spiking network instead")
     args = parser.parse_args()
@@ -69,18 +73,19 @@ def main() -> None:
         path.write_text(json.dumps(row) + "\n")
         return
     model = relu_network(args.arch)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=args.weight_decay)
     steps = args.epochs * ((len(train) + 63) // 64)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(args.seed + 1)
-    out = Path(args.out) / f"{args.dataset}-{args.arch}-seed{args.seed}.jsonl"
+    out = Path(args.out) / f"{args.dataset}-{args.arch}{'-' + args.tag if args.tag else ''}-seed{args.seed}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("")
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         model.train()
         for index in torch.randperm(len(train), generator=generator).split(64):
-            x = random_shift(train.images[index], args.shift, generator).unsqueeze(1).float() / 255
+            x = random_shift(train.images[index], args.shift, generator)
+            x = random_erase(x, args.erase, generator).unsqueeze(1).float() / 255
             loss = nn.functional.cross_entropy(model(x), train.labels[index])
             optimizer.zero_grad()
             loss.backward()

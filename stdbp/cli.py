@@ -58,6 +58,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs})")
     g.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
     g.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        metavar="WD",
+        help=f"decoupled weight decay (AdamW): each step shrinks the weights by lr * WD (default {d.weight_decay})",
+    )
     g.add_argument("--schedule", choices=["cosine", "constant"], help=f"learning-rate schedule (default {d.schedule})")
     g.add_argument("--tau", type=float, help=f"softmax time scale of the loss (default {d.tau})")
     g.add_argument("--jitter", type=float, help=f"std of Gaussian noise on input spike times (default {d.jitter})")
@@ -81,6 +87,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=float,
         metavar="P",
         help=f"mirror each training image left to right with probability P (default {d.hflip})",
+    )
+    g.add_argument(
+        "--erase",
+        type=float,
+        metavar="P",
+        help=f"erase a random rectangle (2-40 %% of the image) of each training image with probability P (default {d.erase})",
     )
     g.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     g.add_argument("--train-limit", type=int, help="train on the first N training images only")

@@ -10,6 +10,7 @@ from stdbp.training.augment import (
     elastic_displacement,
     jitter_times,
     random_affine,
+    random_erase,
     random_hflip,
     random_shift,
 )
@@ -147,4 +148,46 @@ def test_hflip_mirrors_each_image_or_leaves_it_and_splits_over_rows():
     gen = torch.Generator().manual_seed(3)
     assert random_hflip(images, 0.0, gen) is images and torch.equal(
         gen.get_state(), torch.Generator().manual_seed(3).get_state()
+    )
+
+
+def _rectangle(erased: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` of the bounding box of ``erased`` ``(H, W)``, or None."""
+    ys, xs = torch.nonzero(erased, as_tuple=True)
+    if len(ys) == 0:
+        return None
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def test_erase_zeroes_one_rectangle_of_the_drawn_images_and_splits_over_rows():
+    height, width = 28, 20
+    images = torch.randint(1, 256, (400, height, width), dtype=torch.uint8)  # no zeros of their own
+    erased = random_erase(images, 0.5, torch.Generator().manual_seed(4))
+    assert erased.dtype == torch.uint8
+    zero = erased == 0
+    assert torch.equal(erased[~zero], images[~zero])  # only erased pixels change
+    # the oracle: image k is erased exactly when the first of its five draws is below p
+    draws = torch.rand(5, 400, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert torch.equal(zero.flatten(1).any(1), draws[0] < 0.5)
+    shares, aspects = [], []
+    for k in torch.nonzero(draws[0] < 0.5).flatten().tolist():
+        top, bottom, left, right = _rectangle(zero[k])
+        assert bool(zero[k, top:bottom, left:right].all())  # a solid rectangle, nothing outside it
+        assert int(zero[k].sum()) == (bottom - top) * (right - left)
+        shares.append((bottom - top) * (right - left) / (height * width))
+        aspects.append((bottom - top) / (right - left))
+        # the share of the image drawn, up to the rounding of both sides (and the cut at the image's)
+        h, w = bottom - top, right - left
+        drawn = 0.02 + float(draws[1, k]) * 0.38
+        if h < height and w < width:
+            assert (h - 0.5) * (w - 0.5) <= drawn * height * width <= (h + 0.5) * (w + 0.5)
+    assert min(shares) < 0.06 and max(shares) > 0.3  # spans the share range
+    assert min(aspects) < 0.6 and max(aspects) > 1.7  # taller and wider rectangles both
+    halves = [random_erase(images[s : s + 150], 0.5, torch.Generator().manual_seed(4), (s, 400)) for s in (0, 150)]
+    halves.append(random_erase(images[300:], 0.5, torch.Generator().manual_seed(4), (300, 400)))
+    assert torch.equal(torch.cat(halves), erased)
+    assert bool((random_erase(images, 1.0, torch.Generator()) == 0).flatten(1).any(1).all())
+    gen = torch.Generator().manual_seed(4)
+    assert random_erase(images, 0.0, gen) is images and torch.equal(
+        gen.get_state(), torch.Generator().manual_seed(4).get_state()
     )

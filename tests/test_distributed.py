@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stdbp.training.augment import jitter_times, random_affine, random_hflip, random_shift
+from stdbp.training.augment import jitter_times, random_affine, random_erase, random_hflip, random_shift
 from stdbp.training.data import load_dataset
 from stdbp.training.distributed import share, thread_count
 from stdbp.training.loop import encode
@@ -76,7 +76,7 @@ def test_every_draw_is_the_same_on_any_number_of_processes(world: int) -> None:
     def augment(batch: torch.Tensor, rows: tuple[int, int] | None) -> torch.Tensor:
         rng = torch.Generator().manual_seed(5)
         batch = random_affine(random_hflip(batch, 0.5, rng, rows), 10.0, 0.1, rng, rows, elastic=34.0)
-        batch = random_shift(batch, 2, rng, rows)
+        batch = random_erase(random_shift(batch, 2, rng, rows), 0.5, rng, rows)
         return jitter_times(encode(batch, 1.0), 0.02, rng, rows)
 
     whole = augment(images, None)

@@ -40,6 +40,10 @@ ARGS = [
     "20",
     "--hflip",
     "0.5",
+    "--erase",
+    "0.5",
+    "--weight-decay",
+    "0.01",
     "--no-progress",
 ]
 STEPS = 2 * 6400 // 32

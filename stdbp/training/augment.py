@@ -14,7 +14,15 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["affine_transform", "elastic_displacement", "random_affine", "random_hflip", "random_shift", "jitter_times"]
+__all__ = [
+    "affine_transform",
+    "elastic_displacement",
+    "random_affine",
+    "random_erase",
+    "random_hflip",
+    "random_shift",
+    "jitter_times",
+]
 
 
 def affine_transform(images: Tensor, angles: Tensor, scales: Tensor, displacement: Tensor | None = None) -> Tensor:
@@ -131,6 +139,39 @@ def random_shift(
     row_index = offsets[0].view(-1, 1) + torch.arange(height).view(1, -1)  # (B, H)
     col_index = offsets[1].view(-1, 1) + torch.arange(width).view(1, -1)  # (B, W)
     return padded[torch.arange(batch).view(-1, 1, 1), row_index.unsqueeze(-1), col_index.unsqueeze(1)]
+
+
+def random_erase(
+    images: Tensor,
+    p: float,
+    generator: torch.Generator,
+    rows: tuple[int, int] | None = None,
+    area: tuple[float, float] = (0.02, 0.4),
+    aspect: tuple[float, float] = (0.3, 1 / 0.3),
+) -> Tensor:
+    """Random erasing (Zhong et al., 2020): with probability ``p``, set a rectangle of each image of
+    ``(B, H, W)`` to 0 (in latency coding: no input spikes there). The rectangle covers a uniform
+    share in ``area`` of the image, its height/width ratio is log-uniform in ``aspect``, its sides
+    are rounded and cut at the image's, and its position is uniform among those inside the image.
+    Draws nothing when ``p`` is 0.
+    """
+    if p <= 0:
+        return images
+    start, total = _rows(images, rows)
+    batch, height, width = images.shape
+    draws = torch.rand(5, total, generator=generator, dtype=torch.float64)[:, start : start + batch]
+    share = area[0] + draws[1] * (area[1] - area[0])
+    ratio = torch.exp(math.log(aspect[0]) + draws[2] * (math.log(aspect[1]) - math.log(aspect[0])))
+    pixels = share * height * width
+    h = torch.sqrt(pixels * ratio).round().clamp(1, height).long()
+    w = torch.sqrt(pixels / ratio).round().clamp(1, width).long()
+    top = (draws[3] * (height - h + 1)).long()
+    left = (draws[4] * (width - w + 1)).long()
+    y, x = torch.arange(height).view(1, -1), torch.arange(width).view(1, -1)
+    inside_y = (y >= top.view(-1, 1)) & (y < (top + h).view(-1, 1))  # (B, H)
+    inside_x = (x >= left.view(-1, 1)) & (x < (left + w).view(-1, 1))  # (B, W)
+    erased = (draws[0] < p).view(-1, 1, 1) & inside_y.unsqueeze(-1) & inside_x.unsqueeze(1)
+    return images.masked_fill(erased, 0)
 
 
 def jitter_times(times: Tensor, std: float, generator: torch.Generator, rows: tuple[int, int] | None = None) -> Tensor:

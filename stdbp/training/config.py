@@ -21,6 +21,7 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 64
     lr: float = 1e-3
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW) per unit learning rate; 0 = plain Adam
     schedule: str = "cosine"  # or "constant"
     tau: float = 0.05  # softmax time scale of the loss
     threshold: float = 1.0
@@ -32,6 +33,7 @@ class TrainConfig:
     elastic: float = 0.0  # strength (alpha, pixels) of random elastic distortions; 0 = none
     elastic_sigma: float = 6.0  # smoothness (Gaussian sigma, pixels) of the elastic distortions
     hflip: float = 0.0  # probability of mirroring an image left to right
+    erase: float = 0.0  # probability of erasing a random rectangle of an image (random erasing)
     seed: int = 0
     train_limit: int | None = None  # train on the first N images only (quick runs)
     eval_batch_size: int = 1000
@@ -52,6 +54,10 @@ class TrainConfig:
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.lr > 0, "--lr must be a positive number"),
+            (
+                self.weight_decay >= 0 and self.weight_decay * self.lr < 1,
+                "--weight-decay must be at least 0 and below 1 / --lr",
+            ),
             (1e-6 <= self.t_max <= 1e6, "--t-max must be between 1e-06 and 1e+06 time units"),
             (1e-6 <= self.threshold <= 1e6, "--threshold must be between 1e-06 and 1e+06"),
             (
@@ -66,6 +72,7 @@ class TrainConfig:
             (0 <= self.elastic <= 1000, "--elastic must be between 0 and 1000 pixels"),
             (0.1 <= self.elastic_sigma <= 100, "--elastic-sigma must be between 0.1 and 100 pixels"),
             (0 <= self.hflip <= 1, "--hflip must be a probability between 0 and 1"),
+            (0 <= self.erase <= 1, "--erase must be a probability between 0 and 1"),
             (0 <= self.seed < 2**32, "--seed must be between 0 and 2**32 - 1"),
             (self.train_limit is None or self.train_limit >= 1, "--train-limit must be at least 1"),
             (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
@@ -86,6 +93,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "epochs": (int,),
     "batch_size": (int,),
     "lr": (int, float),
+    "weight_decay": (int, float),
     "schedule": (str,),
     "tau": (int, float),
     "threshold": (int, float),
@@ -97,6 +105,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "elastic": (int, float),
     "elastic_sigma": (int, float),
     "hflip": (int, float),
+    "erase": (int, float),
     "seed": (int,),
     "train_limit": (int, type(None)),
     "eval_batch_size": (int,),

@@ -31,7 +31,7 @@ from ..encoding import latency_encode
 from ..errors import CheckpointError, RunDirError, StdbpError
 from ..kernels import all_finite, numba_cache_ready
 from ..nn import AlphaSpikingLinear, SpikingLinear, SpikingNetwork, build
-from .augment import jitter_times, random_affine, random_hflip, random_shift
+from .augment import jitter_times, random_affine, random_erase, random_hflip, random_shift
 from .config import TrainConfig
 from .data import Split, load_dataset
 from .distributed import SINGLE, Context, dist_backend, numba_threads
@@ -260,7 +260,11 @@ def train(
     elif context.reduce_sums([0.0])[0]:
         raise StdbpError(f"rank 0 refused the run directory {out}")
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for the whole update
+    optimizer: torch.optim.Optimizer
+    if config.weight_decay > 0:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    else:  # one kernel for the whole update
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -369,6 +373,7 @@ def train(
                     config.elastic_sigma,
                 )
                 images = random_shift(images, config.shift, augment_rng, rows)
+                images = random_erase(images, config.erase, augment_rng, rows)
                 t_in = jitter_times(encode(images, config.t_max), config.jitter, augment_rng, rows)
                 labels = train_split.labels[batch_index]
                 optimizer.zero_grad(set_to_none=True)
