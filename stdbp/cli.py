@@ -64,6 +64,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="WD",
         help=f"decoupled weight decay (AdamW): each step shrinks the weights by lr * WD (default {d.weight_decay})",
     )
+    g.add_argument(
+        "--weight-sum-penalty",
+        type=float,
+        metavar="K",
+        help="add K * sum over neurons of max(0, threshold - the sum of its input weights) to the loss "
+        f"(Mostafa 2017): no neuron falls silent for good (default {d.weight_sum_penalty})",
+    )
     g.add_argument("--schedule", choices=["cosine", "constant"], help=f"learning-rate schedule (default {d.schedule})")
     g.add_argument("--tau", type=float, help=f"softmax time scale of the loss (default {d.tau})")
     g.add_argument("--jitter", type=float, help=f"std of Gaussian noise on input spike times (default {d.jitter})")

@@ -44,6 +44,8 @@ ARGS = [
     "0.5",
     "--weight-decay",
     "0.01",
+    "--weight-sum-penalty",
+    "1e-4",
     "--no-progress",
 ]
 STEPS = 2 * 6400 // 32

@@ -22,6 +22,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0  # decoupled weight decay (AdamW) per unit learning rate; 0 = plain Adam
+    weight_sum_penalty: float = 0.0  # K of K * sum_j max(0, threshold - sum_i w_ij) added to the loss
     schedule: str = "cosine"  # or "constant"
     tau: float = 0.05  # softmax time scale of the loss
     threshold: float = 1.0
@@ -58,6 +59,7 @@ class TrainConfig:
                 self.weight_decay >= 0 and self.weight_decay * self.lr < 1,
                 "--weight-decay must be at least 0 and below 1 / --lr",
             ),
+            (0 <= self.weight_sum_penalty <= 1e6, "--weight-sum-penalty must be between 0 and 1e6"),
             (1e-6 <= self.t_max <= 1e6, "--t-max must be between 1e-06 and 1e+06 time units"),
             (1e-6 <= self.threshold <= 1e6, "--threshold must be between 1e-06 and 1e+06"),
             (
@@ -94,6 +96,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "batch_size": (int,),
     "lr": (int, float),
     "weight_decay": (int, float),
+    "weight_sum_penalty": (int, float),
     "schedule": (str,),
     "tau": (int, float),
     "threshold": (int, float),

@@ -35,6 +35,7 @@ from .augment import jitter_times, random_affine, random_erase, random_hflip, ra
 from .config import TrainConfig
 from .data import Split, load_dataset
 from .distributed import SINGLE, Context, dist_backend, numba_threads
+from .regularisation import weight_sum_penalty
 from .step import loss_and_backward
 
 log = logging.getLogger(__name__)
@@ -398,6 +399,8 @@ def train(
                     loss_value, seen = loss_sum / total, total
                     if stopping and stop.signal is None:
                         stop.signal = signal.SIGTERM  # another rank was told to stop
+                if config.weight_sum_penalty > 0:  # the same on every rank: added after the all-reduce
+                    (config.weight_sum_penalty * weight_sum_penalty(model, config.threshold)).backward()
                 grads = [p.grad for p in model.parameters() if p.grad is not None]
                 if not (math.isfinite(loss_value) and all_finite(grads)):
                     nonfinite_steps += 1
