@@ -106,6 +106,18 @@ def test_numbers_match_the_tensor_forward(checkpoint: Path, test_split: Split) -
     assert sum(result["histograms"]["decision"]["counts"]) == int(torch.isfinite(t_dec).sum())
 
 
+def test_neurons_that_never_fire_match_the_tensor_forward(checkpoint: Path, test_split: Split) -> None:
+    model = load_model(checkpoint).double()
+    with torch.no_grad():
+        model.layers[0].weight_t[:, :4] = -0.01  # four hidden neurons that can never reach threshold
+    result = analyze(model, test_split, limit=200)
+    times = model.forward_all(latency_encode(test_split.images[:200], dtype=torch.float64).reshape(200, -1))
+    never = float((~torch.isfinite(times[1]).any(dim=0)).double().mean())
+    assert never >= 4 / 30
+    assert result["hidden_never_fired_fraction"] == pytest.approx(never, abs=1e-12)
+    assert result["layers"][0]["never_fired_fraction"] == pytest.approx(never, abs=1e-12)
+
+
 def test_window_end(checkpoint: Path, test_split: Split) -> None:
     model = load_model(checkpoint)
     bounded = analyze(model, test_split, limit=50, t_end=1.0)
@@ -126,7 +138,7 @@ def test_cli_json_and_files(checkpoint: Path, tmp_path: Path, capsys: pytest.Cap
     assert (out / "fig5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*.tmp"))
     assert main(["analyze", str(checkpoint), "--out", str(out), "--limit", "20"]) == 0
-    assert "before the decision" in capsys.readouterr().out
+    assert "fire for no image" in capsys.readouterr().out
 
 
 def test_cli_errors(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -14,6 +14,8 @@ below are also written into the result, under ``"definitions"``:
 * **Decision**: the first output spike (ties to the lowest class), at the decision time
   ``t_d``; an image without output spikes has no decision (it counts as wrong, ``t_d = inf``).
 * **Fire before the decision**: spike time strictly before ``t_d`` (every spike, without a decision).
+* **Never fire**: a neuron silent for every image analysed; ``hidden_never_fired_fraction`` and each
+  layer's ``never_fired_fraction`` are shares of neurons, not of images x neurons.
 * **Fractions**: spikes summed over images and hidden neurons, divided by images x hidden
   neurons: the mean over images of each image's share.
 * **SynOps per image**: one per spike and outgoing weighted synapse (into a conv or fully
@@ -81,6 +83,7 @@ DEFINITIONS = {
     "hidden_neurons": "ReL-PSP neurons of the conv and fully connected layers between input and output; pooling units are not counted",
     "fired": "a spike inside the simulation window",
     "decision": "the first output spike, ties to the lowest class; none (-1, counted wrong, time inf) if every output neuron is silent",
+    "never_fired": "share of a layer's neurons that fire for none of the images analysed (silent for this data)",
     "fired_before_decision": "spike time strictly before the decision time (every spike if there is no decision)",
     "fractions": "spikes summed over images and hidden neurons / (images x hidden neurons)",
     "synops": "one per spike and outgoing weighted synapse (into conv or fully connected layers), whether or not the target fired; "
@@ -220,6 +223,7 @@ def analyze(
     decision_hist = _TimeHistogram(width, HISTOGRAM_SPAN * t_max)
     decision_times, last_times = np.empty(n_images), np.empty(n_images)  # per image
     fired, before = np.zeros(n_layers, dtype=np.int64), np.zeros(n_layers, dtype=np.int64)
+    ever = {l: np.zeros(int(net.table[l, N]), dtype=bool) for l in range(1, n_layers - 1)}  # fired for some image
     synops_dec, synops_tot = np.zeros(n_layers, dtype=np.int64), np.zeros(n_layers, dtype=np.int64)
     correct = undecided = 0
     bar = tqdm(total=n_images, desc="analyze", unit="img", disable=not progress, leave=False)
@@ -235,6 +239,7 @@ def analyze(
             last = np.maximum(last, np.where(spiking, times, -math.inf).max(axis=1))
             if l < n_layers - 1:
                 fired[l] += int(spiking.sum())
+                ever[l] |= spiking.any(axis=0)
                 before[l] += int((times < t_dec).sum())
                 hists[l].add(times[spiking])
         last_times[lo : lo + len(images)] = last
@@ -265,6 +270,7 @@ def analyze(
             entry.update(
                 fired_fraction=fired[l] / share,
                 fired_before_decision_fraction=before[l] / share,
+                never_fired_fraction=float(1 - ever[l].mean()) if ever[l].size else 0.0,
                 spike_time=hists[l].summary(),
             )
         entry.update(
@@ -288,6 +294,7 @@ def analyze(
         "hidden_fired_fraction": hidden_fired / denominator,
         "hidden_fired_before_decision_fraction": hidden_before / denominator,
         "hidden_fired_before_decision_share_of_fired": hidden_before / hidden_fired if hidden_fired else None,
+        "hidden_never_fired_fraction": sum(int((~ever[l]).sum()) for l in hidden) / max(n_hidden, 1),
         # How the share that fires "during the simulation time" depends on where the window ends.
         "hidden_fired_fraction_by_time": {
             f"{k:g}": sum(hists[l].count_before(k * t_max) for l in hidden) / denominator for k in WINDOW_ENDS
@@ -392,7 +399,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"hidden neurons firing: {100 * result['hidden_fired_fraction']:.1f}% at all, "
-        f"{100 * result['hidden_fired_before_decision_fraction']:.1f}% before the decision"
+        f"{100 * result['hidden_fired_before_decision_fraction']:.1f}% before the decision; "
+        f"{100 * result['hidden_never_fired_fraction']:.1f}% fire for no image"
     )
     print(
         f"SynOps per image up to the decision {result['synops_per_image']:.0f} (all {result['synops_per_image_total']:.0f}) "
