@@ -65,6 +65,9 @@ def test_relu_network_has_the_spiking_shape() -> None:
     assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     shapes = [tuple(m.weight.shape) for m in net if hasattr(m, "weight")]
     assert shapes == [(6, 1, 5, 5), (16, 6, 5, 5), (1024, 256), (128, 1024), (10, 128)]
+    padded = relu_network("28x28-8C3p1-P2-4C5p2-10")  # 28x28 -> 28x28 -> 14x14 -> 14x14
+    assert [tuple(m.weight.shape) for m in padded if hasattr(m, "weight")][-1] == (10, 4 * 14 * 14)
+    assert padded(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_bench_rejects_bad_options(capsys: pytest.CaptureFixture) -> None:
@@ -74,7 +77,12 @@ def test_bench_rejects_bad_options(capsys: pytest.CaptureFixture) -> None:
 
 def test_tiny_arch_has_the_same_layer_kinds() -> None:
     """The memory probe loads code by training this network first: same kinds of layers, in order."""
-    for arch in ("784-800-10", "28x28-6C5-P2-16C5-P2-1024-128-10", "784-400-200-10"):
+    for arch in (
+        "784-800-10",
+        "28x28-6C5-P2-16C5-P2-1024-128-10",
+        "784-400-200-10",
+        "28x28-32C3p1-P2-32C3p1-P2-100-10",
+    ):
         tiny = tiny_arch(arch)
         kinds = [type(layer).__name__ for layer in build(arch).layers]
         assert [type(layer).__name__ for layer in build(tiny).layers] == kinds

@@ -285,6 +285,16 @@ def test_build_paper_conv_network():
         model(torch.rand(2, 28, 28))
 
 
+def test_padded_convolutions_in_the_notation():
+    spec = stdbp.parse_arch("28x28-8C3p1-P2-4C5p2-10")
+    assert [(s.kind, s.kernel, s.padding) for s in spec[1:3]] == [("conv", 3, 1), ("pool", 2, 0)]
+    model = stdbp.build("28x28-8C3p1-P2-4C5p2-10")
+    assert (model.layers[0].padding, model.layers[2].padding) == (1, 2)
+    shapes = [tuple(t.shape[1:]) for t in model.forward_all(torch.rand(2, 1, 28, 28))]
+    assert shapes == [(1, 28, 28), (8, 28, 28), (8, 14, 14), (4, 14, 14), (10,)]
+    assert model.layers[3].weight.shape == (10, 4 * 14 * 14)
+
+
 def test_fully_connected_network_still_takes_images():
     model = stdbp.build("28x28-30-10")
     t_in = torch.rand(3, 1, 28, 28)
@@ -299,6 +309,9 @@ def test_fully_connected_network_still_takes_images():
         ("28x28-6C5-P2-16C5-P2-16C5-10", "16C5"),  # a 4x4 map left for a 5x5 kernel
         ("784-6C5-10", "6C5"),  # convolution on a flat input
         ("28x28-100-P2-10", "P2"),  # pooling after a fully connected layer
+        ("28x28-6C3p3-10", "6C3p3"),  # a border as wide as the kernel
+        ("28x28-6C5-P2-16C5-P2-16C7p1-10", "16C7p1"),  # 7x7 kernel on a 4x4 map padded to 6x6
+        ("28x28-6C3p-10", "6C3p"),  # padding without a width
     ],
 )
 def test_bad_conv_architectures(arch, token):

@@ -80,8 +80,9 @@ def test_small_conv_network_on_cropped_digits(mnist_test: torch.Tensor) -> None:
     assert_same_spikes(model, t_in)
 
 
-def test_conv_network_on_random_times_with_ties() -> None:
-    model = _mixed_conv("2x9x8-3C3-P2-6-4", seed=1)
+@pytest.mark.parametrize("arch", ["2x9x8-3C3-P2-6-4", "2x9x8-3C3p1-P2-2C3p2-6-4"])
+def test_conv_network_on_random_times_with_ties(arch: str) -> None:
+    model = _mixed_conv(arch, seed=1)
     g = torch.Generator().manual_seed(0)
     t_in = 2 * torch.rand(100, 2, 9, 8, generator=g, dtype=torch.float64)
     t_in = torch.where(torch.rand(t_in.shape, generator=g, dtype=torch.float64) < 0.3, (4 * t_in).round() / 4, t_in)

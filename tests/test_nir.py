@@ -334,6 +334,7 @@ def test_round_trip_gives_identical_spike_times(mnist_test, tmp_path: Path, path
         ("28x28-40-10", 0.3, torch.float32),
         ("3x12x12-4C3-P2-2C2-7", 1.7, torch.float32),
         ("1x14x14-P2-5C3-6", 1.0, torch.float64),
+        ("2x10x10-3C3p1-P2-4C5p2-6", 1.0, torch.float32),
     ],
 )
 def test_round_trip_of_other_networks(arch: str, threshold: float, dtype: torch.dtype) -> None:
@@ -424,6 +425,9 @@ def test_refuses_other_weights_and_geometry() -> None:
     conv = graph.nodes["layer1_conv"]
     strided = nir.Conv2d(None, conv.weight, stride=2, padding=0, dilation=1, groups=1, bias=conv.bias)
     _refused(_replace(graph, "layer1_conv", strided), "'layer1_conv'", "stride (2, 2)")
+    for padding, message in (([1, 0], "both axes alike"), ([3, 3], "less than the kernel")):
+        padded = nir.Conv2d(None, conv.weight, stride=1, padding=padding, dilation=1, groups=1, bias=conv.bias)
+        _refused(_replace(graph, "layer1_conv", padded), "'layer1_conv'", message)
     pool = nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([1, 1]), padding=np.array([0, 0]))
     _refused(_replace(graph, "layer2_sumpool", pool), "'layer2_sumpool'", "stride = window")
     avg = nir.AvgPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0]))
@@ -533,9 +537,21 @@ def test_norse_replay_of_the_adapted_graph(mnist_test) -> None:
     assert np.all(np.abs(times - t_out.min(dim=1).values.numpy()) <= 0.03)
 
 
+def test_same_padding_imports_as_the_notations_padding() -> None:
+    torch.manual_seed(0)
+    model = build("6x6-2C3p1-P2-3-4")
+    graph = export_nir(model)
+    conv = graph.nodes["layer1_conv"]
+    same = nir.Conv2d(conv.input_shape, conv.weight, stride=1, padding="same", dilation=1, groups=1, bias=conv.bias)
+    again = import_nir(_replace(graph, "layer1_conv", same))
+    assert again.arch == "6x6-2C3p1-P2-3-4"
+    t_in = torch.rand(8, 36) * 1.5
+    _same_spikes(model, again, t_in)
+
+
 def test_strided_padded_convolution_exports_exactly_but_does_not_import() -> None:
-    """Stride and padding (which no architecture string makes) are exported as NIR says them;
-    the interpreter agrees with stdbp, and import refuses them by name."""
+    """Stride (which no architecture string makes) is exported as NIR says it; the interpreter
+    agrees with stdbp, and import refuses it by name."""
     from stdbp.nn.layers import SpikingConv2d, SpikingLinear
 
     torch.manual_seed(1)

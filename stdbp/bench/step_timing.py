@@ -46,7 +46,7 @@ DEFAULT_ARCHS = ("784-800-10", "28x28-6C5-P2-16C5-P2-1024-128-10")
 
 
 def relu_network(arch: str) -> nn.Module:
-    """The ANN of the same shape: ``nn.Linear``/``nn.Conv2d`` (no padding), 2x2 max-pooling, ReLU."""
+    """The ANN of the same shape: ``nn.Linear``/``nn.Conv2d`` (zero padding as the notation says), max-pooling, ReLU."""
     specs = parse_arch(arch)
     layers: list[nn.Module] = []
     shape = specs[0].shape
@@ -57,8 +57,9 @@ def relu_network(arch: str) -> nn.Module:
     for index, spec in enumerate(specs[1:]):
         last = index == len(specs) - 2
         if spec.kind == "conv":
-            layers += [nn.Conv2d(cast(int, channels), spec.size, spec.kernel), nn.ReLU()]
-            channels, spatial = spec.size, tuple(d - spec.kernel + 1 for d in cast("tuple[int, ...]", spatial))
+            layers += [nn.Conv2d(cast(int, channels), spec.size, spec.kernel, padding=spec.padding), nn.ReLU()]
+            channels = spec.size
+            spatial = tuple(d + 2 * spec.padding - spec.kernel + 1 for d in cast("tuple[int, ...]", spatial))
         elif spec.kind == "pool":
             layers.append(nn.MaxPool2d(spec.kernel))
             spatial = tuple(d // spec.kernel for d in cast("tuple[int, ...]", spatial))

@@ -3,7 +3,7 @@
 A graph of stdbp's form is one chain from its ``Input`` node to its ``Output`` node:
 
 * a ReL-PSP layer is ``Linear`` (or ``Affine`` with a zero bias, or ``Conv2d`` with stride 1,
-  no padding, no dilation, one group and a zero bias) -> ``I(r=1)`` -> ``IF(r=1,
+  symmetric zero padding smaller than the kernel, no dilation, one group and a zero bias) -> ``I(r=1)`` -> ``IF(r=1,
   v_threshold=theta, v_reset=-inf)``;
 * earliest-spike pooling is ``SumPool2d`` (square window, stride = window, no padding) ->
   ``IF(r=1, 0 <= v_threshold < 1)`` whose reset keeps it silent after its first spike;
@@ -43,6 +43,7 @@ class GraphLayer:
     node: str
     weight: np.ndarray | None = None
     kernel: int = 0
+    padding: int = 0
 
 
 @dataclass
@@ -65,7 +66,9 @@ class ParsedGraph:
         for layer in self.layers:
             if layer.kind == "conv":
                 assert layer.weight is not None
-                tokens.append(f"{layer.weight.shape[0]}C{layer.kernel}")
+                tokens.append(
+                    f"{layer.weight.shape[0]}C{layer.kernel}" + (f"p{layer.padding}" if layer.padding else "")
+                )
             elif layer.kind == "pool":
                 tokens.append(f"P{layer.kernel}")
             else:
@@ -247,17 +250,23 @@ class _Reader:
         channels, height, width = self.shape
         if c_in != channels or k_h != k_w:
             raise _refuse(name, node, f"has weight {weight.shape}; expected (C_out, {channels}, k, k), square kernels")
-        if k_h > height or k_w > width:
-            raise _refuse(name, node, f"has a {k_h}x{k_w} kernel, larger than its {height}x{width} input")
-        if isinstance(node.padding, str) and node.padding != "valid":
-            raise _refuse(name, node, f"has padding {node.padding!r}; stdbp convolutions have none")
-        padding = (0, 0) if isinstance(node.padding, str) else _ints(name, node, "padding")
-        settings = {
-            "stride": _ints(name, node, "stride"),
-            "padding": padding,
-            "dilation": _ints(name, node, "dilation"),
-        }
-        for key, want in (("stride", (1, 1)), ("padding", (0, 0)), ("dilation", (1, 1))):
+        if isinstance(node.padding, str) and node.padding not in ("valid", "same"):
+            raise _refuse(name, node, f"has padding {node.padding!r}; expected 'valid', 'same' or a number")
+        if isinstance(node.padding, str) and node.padding == "same" and k_h % 2 == 0:
+            raise _refuse(
+                name, node, f"has padding 'same' with an even {k_h}x{k_w} kernel; stdbp pads both sides alike"
+            )
+        padding = (
+            {"valid": (0, 0), "same": ((k_h - 1) // 2,) * 2}[node.padding]
+            if isinstance(node.padding, str)
+            else _ints(name, node, "padding")
+        )
+        if padding[0] != padding[1] or not 0 <= padding[0] < k_h:
+            raise _refuse(name, node, f"has padding {padding}; stdbp pads both axes alike, by less than the kernel")
+        if k_h > height + 2 * padding[0] or k_w > width + 2 * padding[1]:
+            raise _refuse(name, node, f"has a {k_h}x{k_w} kernel, larger than its {height}x{width} input (padded)")
+        settings = {"stride": _ints(name, node, "stride"), "dilation": _ints(name, node, "dilation")}
+        for key, want in (("stride", (1, 1)), ("dilation", (1, 1))):
             if settings[key] != want:
                 raise _refuse(name, node, f"has {key} {settings[key]}; stdbp's architecture strings make {want}")
         if int(np.asarray(node.groups)) != 1:
@@ -265,9 +274,10 @@ class _Reader:
         if node.input_shape is not None and tuple(int(d) for d in np.asarray(node.input_shape)) != (height, width):
             raise _refuse(name, node, f"has input_shape {node.input_shape}, but receives {height}x{width} maps")
         _zero_bias(name, node, c_out)
-        self.shape = (c_out, height - k_h + 1, width - k_w + 1)
+        p = padding[0]
+        self.shape = (c_out, height + 2 * p - k_h + 1, width + 2 * p - k_w + 1)
         self.relpsp_neuron(name)
-        self.parsed.layers.append(GraphLayer("conv", name, weight, kernel=k_h))
+        self.parsed.layers.append(GraphLayer("conv", name, weight, kernel=k_h, padding=p))
 
     def pool(self, name: str, node: Any) -> None:
         if len(self.shape) != 3:

@@ -2,8 +2,9 @@
 
 Layers are separated by ``-``. The first token is the input: a number of neurons (``784``) or a
 spatial shape (``28x28`` or ``CxHxW``). After it, ``NCk`` is a convolution of ``N`` channels with
-``k x k`` kernels, ``Pk`` an earliest-spike pooling over ``k x k`` windows, and a plain number a
-fully connected layer of ReL-PSP neurons, e.g. the paper's ``28x28-6C5-P2-16C5-P2-1024-128-10``.
+``k x k`` kernels (``NCkpq``: with a border of ``q`` silent inputs on each side, ``q < k``), ``Pk``
+an earliest-spike pooling over ``k x k`` windows, and a plain number a fully connected layer of
+ReL-PSP neurons, e.g. the paper's ``28x28-6C5-P2-16C5-P2-1024-128-10`` or ``28x28-32C3p1-P2-10``.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ class LayerSpec:
     size: int = 0
     kernel: int = 0
     shape: tuple[int, ...] = ()
+    padding: int = 0
 
 
 _INPUT_SHAPE = re.compile(r"^\d+(x\d+){1,2}$")
-_CONV = re.compile(r"^(\d+)C(\d+)$")
+_CONV = re.compile(r"^(\d+)C(\d+)(?:p(\d+))?$")
 _POOL = re.compile(r"^P(\d+)$")
 
 
@@ -63,12 +65,18 @@ def parse_arch(arch: str) -> list[LayerSpec]:
         if tok.isdigit() and int(tok) > 0:
             specs.append(LayerSpec("linear", size=int(tok)))
         elif (m := _CONV.match(tok)) and int(m.group(1)) > 0 and int(m.group(2)) > 0:
-            specs.append(LayerSpec("conv", size=int(m.group(1)), kernel=int(m.group(2))))
+            padding = int(m.group(3) or 0)
+            if padding >= int(m.group(2)):
+                raise ArchitectureError(
+                    f"bad token {tok!r} in architecture {arch!r}: the padding {padding} must be smaller than the kernel "
+                    f"{m.group(2)} (a wider border adds positions that no input reaches)"
+                )
+            specs.append(LayerSpec("conv", size=int(m.group(1)), kernel=int(m.group(2)), padding=padding))
         elif (m := _POOL.match(tok)) and int(m.group(1)) > 0:
             specs.append(LayerSpec("pool", kernel=int(m.group(1))))
         else:
             raise ArchitectureError(
-                f"bad token {tok!r} in architecture {arch!r}: expected a layer size (800), a convolution (16C5) or pooling (P2)"
+                f"bad token {tok!r} in architecture {arch!r}: expected a layer size (800), a convolution (16C5, or 16C3p1 padded) or pooling (P2)"
             )
     if len(specs) < 2:
         raise ArchitectureError(f"architecture {arch!r} has no layers after the input; e.g. 784-800-10")
@@ -80,7 +88,7 @@ def parse_arch(arch: str) -> list[LayerSpec]:
 def _token(spec: LayerSpec) -> str:
     """The architecture token that ``spec`` was parsed from, for error messages."""
     if spec.kind == "conv":
-        return f"{spec.size}C{spec.kernel}"
+        return f"{spec.size}C{spec.kernel}" + (f"p{spec.padding}" if spec.padding else "")
     if spec.kind == "pool":
         return f"P{spec.kernel}"
     return str(spec.size)
@@ -98,13 +106,15 @@ def _spatial_layer(
         )
     channels, height, width = shape
     k = spec.kernel
+    height, width = height + 2 * spec.padding, width + 2 * spec.padding
     if k > height or k > width:
         what = "convolution kernel" if spec.kind == "conv" else "pooling window"
         raise ArchitectureError(
             f"{token!r} in architecture {arch!r}: its {what} {k}x{k} is larger than its {height}x{width} input map"
+            + (" (padded)" if spec.padding else "")
         )
     if spec.kind == "conv":
-        return SpikingConv2d(channels, spec.size, k, threshold=threshold, backend=backend), (
+        return SpikingConv2d(channels, spec.size, k, padding=spec.padding, threshold=threshold, backend=backend), (
             spec.size,
             height - k + 1,
             width - k + 1,
@@ -115,7 +125,7 @@ def _spatial_layer(
 class SpikingNetwork(nn.Module):
     """A feed-forward stack of spiking layers: input spike times -> output spike times.
 
-    Convolutions (``6C5``: 6 channels, 5x5 kernel, stride 1, no padding) and earliest-spike
+    Convolutions (``6C5``: 6 channels, 5x5 kernel, stride 1, no padding; ``6C3p1``: padding 1) and earliest-spike
     pooling (``P2``: 2x2 windows, stride 2; rows and columns that do not fill a window are
     dropped, as in ``max_pool2d``) keep the ``(B, C, H, W)`` layout; the first fully connected
     layer after them takes the flattened map ``(B, C*H*W)``.
