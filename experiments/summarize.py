@@ -13,6 +13,7 @@ network size and epochs. ``--plot`` draws each run's test accuracy per epoch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import statistics
@@ -20,23 +21,16 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-#: options that are part of a run's recipe, with the defaults of `stdbp train`
-RECIPE = {
-    "batch_size": 64,
-    "lr": 0.001,
-    "schedule": "cosine",
-    "tau": 0.05,
-    "threshold": 1.0,
-    "t_max": 1.0,
-    "jitter": 0.02,
-    "shift": 1,
-    "rotate": 0.0,
-    "scale": 0.0,
-    "elastic": 0.0,
-    "elastic_sigma": 6.0,
-    "hflip": 0.0,
-    "skip_grad_norm": None,
-}
+#: options that are not part of a run's recipe (what it trains, how long, where, how often it saves)
+NOT_RECIPE = {"arch", "dataset", "data_dir", "epochs", "seed", "train_limit", "eval_batch_size", "checkpoint_every"}
+
+
+def recipe_defaults() -> dict:
+    """Every option of a run's recipe with the default of `stdbp train` (from `TrainConfig`)."""
+    from stdbp.training.config import TrainConfig
+
+    return {key: value for key, value in dataclasses.asdict(TrainConfig()).items() if key not in NOT_RECIPE}
+
 
 #: issue 19's targets, test accuracy in %
 TARGETS = {"mnist": 99.5, "fashion-mnist": 93.0}
@@ -48,7 +42,7 @@ def recipe_flags(config: dict) -> str:
         f"--{key.replace('_', '-')} {config[key]:g}"
         if isinstance(config[key], float)
         else f"--{key.replace('_', '-')} {config[key]}"
-        for key, default in RECIPE.items()
+        for key, default in recipe_defaults().items()
         if config.get(key, default) != default
     ]
     return " ".join(flags)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -63,3 +64,19 @@ def test_plot_writes_an_image(summarize, tmp_path) -> None:
     out = tmp_path / "curves.png"
     assert summarize.main([str(tmp_path / "runs"), "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_training_option_that_differs_from_its_default_names_the_recipe(summarize) -> None:
+    from stdbp.training.config import TrainConfig
+
+    defaults = dataclasses.asdict(TrainConfig())
+    changed = {"weight_sum_penalty": 1e-5, "erase": 0.5, "weight_decay": 0.05, "schedule": "constant", "shift": 2}
+    assert summarize.recipe_flags({**defaults, **changed}) == (
+        "--weight-decay 0.05 --weight-sum-penalty 1e-05 --schedule constant --shift 2 --erase 0.5"
+    )
+    assert summarize.recipe_flags(defaults) == ""
+    assert summarize.recipe_flags({**defaults, "seed": 3, "epochs": 9, "checkpoint_every": 5}) == ""
+    for key in set(defaults) - summarize.NOT_RECIPE:  # each option alone is a recipe of its own
+        value = defaults[key]
+        other = "constant" if key == "schedule" else 7.5 if value is None or isinstance(value, float) else value + 1
+        assert summarize.recipe_flags({**defaults, key: other}).startswith("--" + key.replace("_", "-") + " ")
