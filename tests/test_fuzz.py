@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import gzip
+import importlib.util
 import io
 import json
 import math
@@ -44,6 +45,8 @@ FUZZ = settings(
     database=None,
 )
 TINY_ARCH = "784-6-10"
+#: ``pytest.importorskip`` in the body comes too late where drawing the example needs nir.
+NEEDS_NIR = pytest.mark.skipif(importlib.util.find_spec("nir") is None, reason="the nir package is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -553,22 +556,22 @@ def nir_graphs(draw: st.DrawFn) -> object:
     return graph
 
 
+@NEEDS_NIR
 @FUZZ
 @given(graph=nir_graphs())
 def test_nir_graphs(graph: object) -> None:
-    pytest.importorskip("nir")
     from stdbp import import_nir
 
     _load_or_refuse(graph, import_nir)
 
 
+@NEEDS_NIR
 @FUZZ
 @given(
     flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6),
     cut=st.one_of(st.none(), st.integers(0, 10**6)),
 )
 def test_nir_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flips: list, cut: int | None) -> None:
-    pytest.importorskip("nir")
     import stdbp.interop.nir as interop
     from stdbp import export_nir, import_nir
     from stdbp.interop.nir import write_nir

@@ -68,10 +68,14 @@ def test_triton_matches_brute_force_and_numba_on_a_wider_layer() -> None:
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_triton_backend_choice() -> None:
+def test_triton_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     from stdbp.kernels import resolve_backend
 
-    assert resolve_backend(torch.device("cpu"), "triton") == "triton"  # through the interpreter here
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backend(torch.device("cpu"), "triton") == "triton"  # through the interpreter
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        resolve_backend(torch.device("cpu"), "triton")
     assert resolve_backend(torch.device("cpu"), "triton", kind="conv") == "reference"
     if torch.cuda.is_available():
         assert resolve_backend(torch.device("cuda")) == "triton"
