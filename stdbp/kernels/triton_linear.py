@@ -7,10 +7,12 @@ its sample's spiking inputs in time order, keeping per neuron ``s = sum w``, ``r
 sum w t``, the number ``n`` of inputs integrated and ``alive`` (1 until it fires). After input
 ``k`` at ``t`` the neuron fires in ``(t, t_next]`` when ``s > 0`` and ``r <= t_next * s`` (no
 test when the next input comes at the same time), at ``r / s`` (eq. 12); its later inputs are
-multiplied by 0. The backward pass uses the sorted order, each neuron's ``1 / s`` and causal
-length as the CPU kernel does: the weight gradient (eq. 14) by programs that each own a block
-of neurons and a range of rows and sum the batch in order (no atomics, so results are
-reproducible), the input gradient (eq. 15) by one program per sample.
+multiplied by 0. The backward pass uses each neuron's ``1 / s`` and causal length ``n`` as the CPU kernel does:
+input ``i`` is causal for neuron ``j`` when its place in the sample's time order is below ``n``.
+Both gradients are computed in tiles of ``ROWS`` inputs by ``BLOCK_N`` neurons: the weight
+gradient (eq. 14) by one program per tile, which sums the batch in order (no atomics, so
+results are reproducible), the input gradient (eq. 15) by one program per sample and block of
+inputs, summing over the neurons.
 
 Without a GPU, ``TRITON_INTERPRET=1`` runs these kernels on the CPU through Triton's
 interpreter (slowly): that is how the tests check them against the reference where no GPU is
@@ -29,8 +31,8 @@ from .saturation import saturate
 
 #: Neurons per program.
 BLOCK_N = 128
-#: Row ranges of the weight gradient, each its own program (more parallel work on a GPU).
-ROW_PARTS = 8
+#: Inputs (weight rows) per program of the backward kernels.
+ROWS = 32
 
 
 @triton.jit
@@ -83,9 +85,8 @@ def _forward_kernel(
 
 @triton.jit
 def _weight_grad_kernel(
-    times_ptr,
-    order_ptr,
-    count_ptr,
+    t_in_ptr,
+    rank_ptr,
     grad_scaled_ptr,
     anchor_ptr,
     n_causal_ptr,
@@ -93,55 +94,53 @@ def _weight_grad_kernel(
     batch,
     n_in,
     n_out,
-    rows_per_part,
+    ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # pragma: no cover - compiled (or interpreted)
+    rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = cols < n_out
-    i_lo = tl.program_id(1) * rows_per_part
-    i_hi = tl.minimum(i_lo + rows_per_part, n_in)
-    for i in range(i_lo, i_hi):
-        tl.store(grad_w_t_ptr + i * n_out + cols, tl.zeros([BLOCK], dtype=grad_w_t_ptr.dtype.element_ty), mask=valid)
+    row_ok = rows < n_in
+    col_ok = cols < n_out
+    acc = tl.zeros([ROWS, BLOCK], dtype=grad_w_t_ptr.dtype.element_ty)
     for b in range(batch):
-        a = tl.load(grad_scaled_ptr + b * n_out + cols, mask=valid, other=0.0)
-        t_j = tl.load(anchor_ptr + b * n_out + cols, mask=valid, other=0.0)
-        nc = tl.load(n_causal_ptr + b * n_out + cols, mask=valid, other=0.0)
-        count = tl.load(count_ptr + b)
-        for k in range(count):
-            i = tl.load(order_ptr + b * n_in + k)
-            t_i = tl.load(times_ptr + b * n_in + k)
-            row = cols * 0 + i  # the row as a block, so that the mask is a block of booleans
-            mine = valid & (row >= i_lo) & (row < i_hi)
-            g = tl.load(grad_w_t_ptr + i * n_out + cols, mask=mine, other=0.0)
-            g += tl.where(k < nc, a * (t_i - t_j), 0.0)
-            tl.store(grad_w_t_ptr + i * n_out + cols, g, mask=mine)
+        a = tl.load(grad_scaled_ptr + b * n_out + cols, mask=col_ok, other=0.0)
+        t_j = tl.load(anchor_ptr + b * n_out + cols, mask=col_ok, other=0.0)
+        nc = tl.load(n_causal_ptr + b * n_out + cols, mask=col_ok, other=0.0)
+        t_i = tl.load(t_in_ptr + b * n_in + rows, mask=row_ok, other=0.0)
+        k = tl.load(rank_ptr + b * n_in + rows, mask=row_ok, other=n_in)
+        causal = k[:, None] < nc[None, :]
+        acc += tl.where(causal, a[None, :] * (t_i[:, None] - t_j[None, :]), 0.0)
+    offs = rows[:, None] * n_out + cols[None, :]
+    tl.store(grad_w_t_ptr + offs, acc, mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
 def _input_grad_kernel(
-    order_ptr,
-    count_ptr,
+    rank_ptr,
     grad_scaled_ptr,
     n_causal_ptr,
     weight_t_ptr,
     grad_in_ptr,
     n_in,
     n_out,
+    ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # pragma: no cover - compiled (or interpreted)
     b = tl.program_id(0)
-    count = tl.load(count_ptr + b)
-    for k in range(count):
-        i = tl.load(order_ptr + b * n_in + k)
-        acc = tl.zeros([BLOCK], dtype=grad_in_ptr.dtype.element_ty)
-        for start in range(0, n_out, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            valid = cols < n_out
-            a = tl.load(grad_scaled_ptr + b * n_out + cols, mask=valid, other=0.0)
-            nc = tl.load(n_causal_ptr + b * n_out + cols, mask=valid, other=0.0)
-            w = tl.load(weight_t_ptr + i * n_out + cols, mask=valid, other=0.0)
-            acc += tl.where(k < nc, a * w, 0.0)
-        tl.store(grad_in_ptr + b * n_in + i, tl.sum(acc, axis=0))
+    rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_in
+    k = tl.load(rank_ptr + b * n_in + rows, mask=row_ok, other=n_in)
+    acc = tl.zeros([ROWS, BLOCK], dtype=grad_in_ptr.dtype.element_ty)
+    for start in range(0, n_out, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        col_ok = cols < n_out
+        a = tl.load(grad_scaled_ptr + b * n_out + cols, mask=col_ok, other=0.0)
+        nc = tl.load(n_causal_ptr + b * n_out + cols, mask=col_ok, other=0.0)
+        w = tl.load(
+            weight_t_ptr + rows[:, None] * n_out + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0
+        )
+        acc += tl.where(k[:, None] < nc[None, :], a[None, :] * w, 0.0)
+    tl.store(grad_in_ptr + b * n_in + rows, tl.sum(acc, axis=1), mask=row_ok)
 
 
 class RelpspLinearTriton(torch.autograd.Function):
@@ -164,28 +163,30 @@ class RelpspLinearTriton(torch.autograd.Function):
         _forward_kernel[grid](
             times, order, count, weight_t, scalars, t_out, anchor, inv_slope, n_causal, n_in, n_out, BLOCK=BLOCK_N
         )
-        ctx.save_for_backward(times, order, count, weight_t, anchor, inv_slope, n_causal)
+        ctx.save_for_backward(t_in, order, weight_t, anchor, inv_slope, n_causal)
         return t_out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        times, order, count, weight_t, anchor, inv_slope, n_causal = ctx.saved_tensors
-        batch, n_in = times.shape
+        t_in, order, weight_t, anchor, inv_slope, n_causal = ctx.saved_tensors
+        batch, n_in = t_in.shape
         n_out = weight_t.shape[1]
         grad_scaled = (grad_out.detach() * inv_slope).contiguous()
+        # rank[b, i]: input i's place in its sample's time order; it is causal for neuron j when rank < n_causal[b, j]
+        places = torch.arange(n_in, dtype=order.dtype, device=order.device).expand(batch, n_in)
+        rank = torch.empty_like(order).scatter_(1, order.long(), places)
         grad_t = grad_w = None
         if ctx.needs_input_grad[1]:
             grad_w_t = torch.empty_like(weight_t)
-            rows = triton.cdiv(n_in, ROW_PARTS)
-            grid = (triton.cdiv(n_out, BLOCK_N), triton.cdiv(n_in, rows))
+            grid = (triton.cdiv(n_out, BLOCK_N), triton.cdiv(n_in, ROWS))
             _weight_grad_kernel[grid](
-                times, order, count, grad_scaled, anchor, n_causal, grad_w_t, batch, n_in, n_out, rows, BLOCK=BLOCK_N
+                t_in, rank, grad_scaled, anchor, n_causal, grad_w_t, batch, n_in, n_out, ROWS=ROWS, BLOCK=BLOCK_N
             )
             grad_w = saturate(grad_w_t).t()
         if ctx.needs_input_grad[0]:
-            grad_in = torch.zeros(batch, n_in, dtype=times.dtype, device=times.device)
-            _input_grad_kernel[(batch,)](
-                order, count, grad_scaled, n_causal, weight_t, grad_in, n_in, n_out, BLOCK=BLOCK_N
+            grad_in = torch.empty(batch, n_in, dtype=t_in.dtype, device=t_in.device)
+            _input_grad_kernel[(batch, triton.cdiv(n_in, ROWS))](
+                rank, grad_scaled, n_causal, weight_t, grad_in, n_in, n_out, ROWS=ROWS, BLOCK=BLOCK_N
             )
             grad_t = saturate(grad_in)
         return grad_t, grad_w, None
