@@ -1,13 +1,17 @@
 """Print the README's results table from the run directories under results/.
 
 Usage: python experiments/summarize.py results/table1 [more result dirs...] [--frontier] [--plot PNG]
+       [--size-plot PNG [--relu DIR]]
 
 Each run directory holds config.json and metrics.jsonl written by `stdbp train`; runs are
 grouped by (dataset, arch) and summarised over seeds: final test accuracy (mean, sample std,
 min-max), epochs, total training wall time and seconds per epoch (both as logged, eval included).
 ``--frontier`` lists every run instead, finished or not, with its network's size (weights, dense
 multiply-accumulates per image), last and best test accuracy and train accuracy: accuracy against
-network size and epochs. ``--plot`` draws each run's test accuracy per epoch.
+network size and epochs. ``--plot`` draws each run's test accuracy per epoch; ``--size-plot``
+the last test accuracy of every finished run against its dense multiply-accumulates per image,
+with the ReLU twins that ``experiments/relu_fit.py`` measured (``--relu``, default
+results/beyond/relu-fit) beside them.
 """
 
 from __future__ import annotations
@@ -152,19 +156,123 @@ def plot_curves(runs: list[dict], path: Path, targets: dict[str, float]) -> None
     print(f"wrote {path}", file=sys.stderr)
 
 
+def finished_points(runs: list[dict]) -> list[dict]:
+    """Every finished run as a point: dataset, dense MACs per image, last test %, recipe, epochs."""
+    points = []
+    for run in runs:
+        config, rows = run["config"], run["rows"]
+        if rows[-1]["epoch"] == config["epochs"]:
+            points.append(
+                {
+                    "dataset": config["dataset"],
+                    "macs": network_size(config["arch"])[1],
+                    "test": 100 * rows[-1]["test_accuracy"],
+                    "recipe": recipe_flags(config) or "defaults",
+                    "epochs": config["epochs"],
+                }
+            )
+    return points
+
+
+def relu_points(root: Path) -> list[dict]:
+    """The ReLU twins under ``root`` (``DATASET-ARCH[-TAG]-seedS.jsonl`` of experiments/relu_fit.py)
+    as points: dataset, dense MACs per image of the spiking network of that shape, last test %, epochs."""
+    from stdbp.nn import parse_arch
+
+    points = []
+    for path in sorted(root.rglob("*-seed*.jsonl")):
+        name = path.name.rsplit("-seed", 1)[0]
+        dataset = next((d for d in ("fashion-mnist", "mnist") if name.startswith(d + "-")), None)
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if dataset is None or not rows:
+            continue
+        tokens = name[len(dataset) + 1 :].split("-")
+        for end in range(len(tokens), 0, -1):  # the longest prefix that is a network (a tag may follow)
+            arch = "-".join(tokens[:end])
+            try:
+                parse_arch(arch)
+            except ValueError:
+                continue
+            points.append(
+                {
+                    "dataset": dataset,
+                    "macs": network_size(arch)[1],
+                    "test": 100 * rows[-1]["test_accuracy"],
+                    "epochs": rows[-1]["epoch"],
+                }
+            )
+            break
+    return points
+
+
+def plot_sizes(points: list[dict], relu: list[dict], path: Path, targets: dict[str, float]) -> None:
+    """Last test accuracy against dense MACs per image, one panel per dataset: the measured frontier."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({p["dataset"] for p in points})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        mine = [p for p in points if p["dataset"] == dataset]
+        for defaults, style in ((True, dict(color="C0", label="spiking, defaults")), (False, dict(color="C1"))):
+            chosen = [p for p in mine if (p["recipe"] == "defaults") == defaults]
+            label = style.pop("label", "spiking, other recipes")
+            ax.scatter([p["macs"] for p in chosen], [p["test"] for p in chosen], s=22, label=label, **style)
+        most = statistics.mode(p["epochs"] for p in mine)
+        for p in mine:
+            if p["epochs"] != most:
+                ax.annotate(
+                    f"{p['epochs']} ep", (p["macs"], p["test"]), fontsize=7, xytext=(4, -8), textcoords="offset points"
+                )
+        twins = [p for p in relu if p["dataset"] == dataset]
+        if twins:
+            ax.scatter(
+                [p["macs"] for p in twins],
+                [p["test"] for p in twins],
+                marker="s",
+                facecolors="none",
+                edgecolors="C2",
+                s=36,
+                label="ReLU network of the same shape",
+            )
+            for p in twins:
+                ax.annotate(
+                    f"{p['epochs']} ep", (p["macs"], p["test"]), fontsize=7, xytext=(4, 2), textcoords="offset points"
+                )
+        if dataset in targets:
+            ax.axhline(targets[dataset], color="k", ls="--", lw=0.8, label=f"target {targets[dataset]:g} %")
+        ax.set_xscale("log")
+        ax.set_title(dataset)
+        ax.set_xlabel("dense multiply-accumulates per image")
+        ax.set_ylabel(f"test accuracy % (last epoch; {most} epochs unless marked)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="*", type=Path, help="directories of run directories (default results/table1)")
     parser.add_argument("--frontier", action="store_true", help="one row per run, finished or not, with its size")
     parser.add_argument("--plot", type=Path, help="also write test accuracy per epoch of every run to this image")
+    parser.add_argument(
+        "--size-plot", type=Path, help="also write last test accuracy against network size to this image"
+    )
+    parser.add_argument("--relu", type=Path, default=Path("results/beyond/relu-fit"), help="ReLU twins for --size-plot")
     args = parser.parse_args(argv)
     roots = args.roots or [Path("results/table1")]
-    if args.frontier or args.plot:
+    if args.frontier or args.plot or args.size_plot:
         runs = load_all_runs(roots)
         if args.frontier:
             print_frontier(runs)
         if args.plot:
             plot_curves(runs, args.plot, TARGETS)
+        if args.size_plot:
+            plot_sizes(finished_points(runs), relu_points(args.relu), args.size_plot, TARGETS)
         return 0
     print(
         "| dataset | network | seeds | test accuracy % (mean ± std) | min-max % | epochs | wall time per run | s/epoch | non-finite steps | command |"

@@ -80,3 +80,31 @@ def test_every_training_option_that_differs_from_its_default_names_the_recipe(su
         value = defaults[key]
         other = "constant" if key == "schedule" else 7.5 if value is None or isinstance(value, float) else value + 1
         assert summarize.recipe_flags({**defaults, key: other}).startswith("--" + key.replace("_", "-") + " ")
+
+
+def test_size_plot_takes_finished_runs_and_relu_twins_by_name(summarize, tmp_path) -> None:
+    _run(tmp_path / "runs", "fc", "784-20-10", 0, 2, [0.90, 0.95], rotate=10.0)
+    _run(tmp_path / "runs", "conv", "28x28-2C5-P2-10", 0, 4, [0.8, 0.85])  # epoch 2 of 4: not a point
+    points = summarize.finished_points(summarize.load_all_runs([tmp_path / "runs"]))
+    assert points == [
+        {"dataset": "mnist", "macs": 784 * 20 + 20 * 10, "test": 95.0, "recipe": "--rotate 10", "epochs": 2}
+    ]
+    relu = tmp_path / "relu"
+    (relu / "e20").mkdir(parents=True)
+    row = json.dumps({"epoch": 20, "clean_train_accuracy": 0.97, "test_accuracy": 0.93}) + "\n"
+    (relu / "e20" / "fashion-mnist-28x28-2C5p2-P2-10-seed0.jsonl").write_text(row)
+    (relu / "mnist-784-20-10-wd0.05-seed1.jsonl").write_text(row)  # a tag after the network
+    (relu / "notes-seed0.jsonl").write_text(row)  # no dataset: left out
+    twins = sorted(summarize.relu_points(relu), key=lambda p: p["dataset"])
+    assert twins == [
+        {
+            "dataset": "fashion-mnist",
+            "macs": summarize.network_size("28x28-2C5p2-P2-10")[1],
+            "test": 93.0,
+            "epochs": 20,
+        },
+        {"dataset": "mnist", "macs": 784 * 20 + 20 * 10, "test": 93.0, "epochs": 20},
+    ]
+    out = tmp_path / "sizes.png"
+    assert summarize.main([str(tmp_path / "runs"), "--size-plot", str(out), "--relu", str(relu)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
