@@ -41,8 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     images, labels = mnist_batches(args.batch_size, 1)[0]
     t_in = encode(images, 1.0)
-    if "C" not in args.arch:
-        t_in = t_in.flatten(1)
     truth, t_true = gradients(args.arch, t_in, labels, "reference", torch.float64)
     shapes = " ".join("x".join(map(str, g.shape)) for g in truth)
     print(f"{args.arch}, batch {args.batch_size}; parameters {shapes}")

@@ -3,8 +3,9 @@
 Usage: python benchmarks/gpu_step.py [--arch 784-800-10 ...] [--batch-size 64 1024 ...] [--repeats 50] [--json]
 
 On CUDA, stdbp's fully connected layers run the Triton scan (``stdbp.kernels.triton_linear``) and
-its convolutions and pooling the PyTorch reference; the step is the autograd path of
-:func:`stdbp.training.step.loss_and_backward`, then fused Adam, as ``stdbp train`` runs it. For
+its convolutions and pooling the PyTorch reference; the steps are those of ``stdbp bench``
+(:func:`stdbp.bench.step_timing.make_steps` on the device: the autograd path of
+:func:`stdbp.training.step.loss_and_backward`, then fused Adam, as ``stdbp train`` runs it). For
 every network and batch size this reports the median milliseconds per step (CUDA events,
 interleaved with the ReLU network's step, after warm-up), the peak GPU memory of each, and, from
 the same initial weights and batch, how far one step's loss and gradients on the GPU are from
@@ -24,37 +25,12 @@ from collections.abc import Callable
 
 import torch
 
-from stdbp.bench.step_timing import mnist_batches, relu_network
-from stdbp.nn import build, parse_arch
+from stdbp.bench.step_timing import make_steps, mnist_batches
+from stdbp.nn import build
 from stdbp.training.loop import encode
 from stdbp.training.step import loss_and_backward
 
 PAPER_CONV = "28x28-6C5-P2-16C5-P2-1024-128-10"
-
-
-def _stdbp_step(model: torch.nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], None]:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-
-    def step(i: int) -> None:
-        t_in, labels = data[i % len(data)]
-        optimizer.zero_grad(set_to_none=True)
-        loss_and_backward(model, t_in, labels, tau=0.05)  # type: ignore[arg-type]
-        optimizer.step()
-
-    return step
-
-
-def _relu_step(model: torch.nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], None]:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-
-    def step(i: int) -> None:
-        x, labels = data[i % len(data)]
-        loss = torch.nn.functional.cross_entropy(model(x), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def time_on_gpu(steps: dict[str, Callable[[int], None]], warmup: int, repeats: int) -> dict[str, dict[str, float]]:
@@ -125,19 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     for arch in args.arch:
-        spatial = len(parse_arch(arch)[0].shape) == 3
         for batch_size in args.batch_size:
             batches = mnist_batches(batch_size, 4)
-            coded = [(encode(x, 1.0).cuda(), y.cuda()) for x, y in batches]
-            floats = [
-                (((x.float() / 255).unsqueeze(1) if spatial else (x.float() / 255).flatten(1)).cuda(), y.cuda())
-                for x, y in batches
-            ]
-            torch.manual_seed(0)
-            steps = {
-                "stdbp": _stdbp_step(build(arch).cuda(), coded),
-                "relu": _relu_step(relu_network(arch).cuda(), floats),
-            }
+            steps = make_steps(arch, batches, snn_steps=(), device="cuda")
             timed = time_on_gpu(steps, args.warmup, args.repeats)
             row: dict = {"arch": arch, "batch_size": batch_size, **timed}
             row["stdbp_over_relu"] = timed["stdbp"]["median_ms"] / timed["relu"]["median_ms"]

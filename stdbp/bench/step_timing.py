@@ -118,21 +118,23 @@ def make_steps(
     only: str | None = None,
     trained: str | os.PathLike | None = None,
     backward: str = "auto",
+    device: str | torch.device = "cpu",
 ) -> dict[str, Callable[[int], None]]:
     """One training-step function per configuration, each taking the index of the batch to use.
 
     With ``only``, just that configuration is built (for memory probes). With ``trained`` (a
     checkpoint of ``arch``), also ``stdbp_trained``: the same step starting from trained weights.
     ``backward``: how stdbp's fully connected layers sum eqs. 14-15 (``stdbp.kernels.BACKWARD_METHODS``).
+    ``device``: where the stdbp and ReLU networks and their batches live (snnTorch stays on the CPU).
     """
     torch.manual_seed(0)
     steps: dict[str, Callable[[int], None]] = {}
     if only in (None, "stdbp"):
-        steps["stdbp"] = _stdbp_step(arch, batches, backward=backward)
+        steps["stdbp"] = _stdbp_step(arch, batches, backward=backward, device=device)
     if trained is not None and only in (None, "stdbp_trained"):
-        steps["stdbp_trained"] = _stdbp_step(arch, batches, trained, backward)
+        steps["stdbp_trained"] = _stdbp_step(arch, batches, trained, backward, device)
     if only in (None, "relu"):
-        steps["relu"] = _relu_step(arch, batches)
+        steps["relu"] = _relu_step(arch, batches, device)
     for num_steps in snn_steps:
         if only in (None, f"snntorch_{num_steps}"):
             step = _snntorch_step(arch, batches, num_steps)
@@ -162,11 +164,12 @@ def _stdbp_step(
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     checkpoint: str | os.PathLike | None = None,
     backward: str = "auto",
+    device: str | torch.device = "cpu",
 ) -> Callable[[int], None]:
     """The step ``stdbp train`` runs: :func:`stdbp.training.step.loss_and_backward` (forward, loss and
     backward; the autograd path's results without its graph), then fused Adam."""
-    coded = [(encode(images, 1.0), labels) for images, labels in batches]
-    model = load_model(checkpoint, arch) if checkpoint is not None else build(arch)
+    coded = [(encode(images, 1.0).to(device), labels.to(device)) for images, labels in batches]
+    model = (load_model(checkpoint, arch) if checkpoint is not None else build(arch)).to(device)
     for layer in model.layers:
         if isinstance(layer, SpikingLinear):
             layer.backward = backward
@@ -187,13 +190,18 @@ def shipped_checkpoint(arch: str, pretrained_dir: str | os.PathLike | None = Non
     return pretrained_checkpoint(default_pretrained_dir() if pretrained_dir is None else pretrained_dir, arch)
 
 
-def _relu_step(arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], None]:
+def _relu_step(
+    arch: str, batches: list[tuple[torch.Tensor, torch.Tensor]], device: str | torch.device = "cpu"
+) -> Callable[[int], None]:
     spatial = len(parse_arch(arch)[0].shape) == 3
     floats = [
-        ((images.float() / 255).unsqueeze(1) if spatial else (images.float() / 255).flatten(1), labels)
+        (
+            ((images.float() / 255).unsqueeze(1) if spatial else (images.float() / 255).flatten(1)).to(device),
+            labels.to(device),
+        )
         for images, labels in batches
     ]
-    return _adam_step(relu_network(arch), floats, nn.functional.cross_entropy)
+    return _adam_step(relu_network(arch).to(device), floats, nn.functional.cross_entropy)
 
 
 def _snntorch_step(
